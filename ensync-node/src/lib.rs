@@ -1,0 +1,1 @@
+//! SKELETON: the EnSync-compatible node (being written).

@@ -1,0 +1,2 @@
+//! The `ensync` command-line tool.
+fn main() {}

@@ -1,0 +1,1 @@
+//! SKELETON: framing (being written).

@@ -1,0 +1,1 @@
+//! SKELETON: payload_meta (being written).

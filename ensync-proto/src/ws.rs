@@ -1,0 +1,1 @@
+//! SKELETON: ws (being written).

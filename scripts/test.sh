@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests").
+#
+# 1. a Python venv (.venv/) with PyNaCl and the published EnSync clients, for the
+#    known-answer and interop tests (reused when already there);
+# 2. cargo fmt --check, clippy -D warnings, and cargo test for the whole workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/python-env.sh
+export ENSYNC_PYTHON="$PWD/.venv/bin/python"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked

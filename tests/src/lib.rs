@@ -1,0 +1,1 @@
+//! Helpers shared by the cross-crate tests (finding Python, starting a node).
