@@ -247,6 +247,8 @@ struct Sub {
 }
 
 struct DeliveryInfo {
+    /// The application acked, deferred or discarded it itself: no automatic action.
+    settled: bool,
     event_name: String,
     idem: String,
     block: i64,
@@ -524,6 +526,7 @@ impl Session {
         now: Instant,
     ) -> Result<OpId, SessionError> {
         self.check_event_command(event_name, idem)?;
+        self.settle(event_name, idem, false);
         let request = Request::Ack(wire::AcknowledgeRequest {
             client_id: String::new(),
             event_idem: idem.to_owned(),
@@ -544,6 +547,7 @@ impl Session {
     ) -> Result<OpId, SessionError> {
         self.check_event_command(event_name, idem)?;
         let delay_ms = validate::defer_delay(delay)?;
+        self.settle(event_name, idem, true);
         let request = defer_request(event_name, idem, delay_ms, reason);
         Ok(self.submit_one(OpKind::Defer, request, now))
     }
@@ -557,6 +561,7 @@ impl Session {
         now: Instant,
     ) -> Result<OpId, SessionError> {
         self.check_event_command(event_name, idem)?;
+        self.settle(event_name, idem, false);
         let request = Request::Discard(wire::DiscardRequest {
             client_id: String::new(),
             event_idem: idem.to_owned(),
@@ -627,7 +632,10 @@ impl Session {
     /// subscription, deferred by `handler_failure_redelivery_delay` so the node
     /// delivers it again soon. If the connection was lost since the delivery, nothing
     /// is sent: the node delivers the event again, and a redelivery of an event whose
-    /// handler finished OK is acknowledged silently. Unknown tokens are ignored.
+    /// handler finished OK is acknowledged silently. If the application acked, deferred
+    /// or discarded the event itself (through [`Session::ack`], [`Session::defer`],
+    /// [`Session::discard`]) nothing automatic happens; after a defer the node's
+    /// redelivery is handed over again. Unknown tokens are ignored.
     pub fn handler_finished(
         &mut self,
         delivery: DeliveryToken,
@@ -642,7 +650,7 @@ impl Session {
             Some(e) if e.running == Some(delivery) => (e.seen_epoch, e.block),
             _ => (info.epoch, info.block),
         };
-        let live = self.is_connected() && seen_epoch == self.epoch;
+        let live = self.is_connected() && seen_epoch == self.epoch && !info.settled;
         match outcome {
             HandlerOutcome::Ok => {
                 if let Some(e) = self.dedup.get_mut(&key) {
@@ -940,6 +948,20 @@ impl Session {
             self.flush_queue();
         }
         id
+    }
+
+    /// The application acts on an event itself: its running deliveries get no automatic
+    /// ack or defer; a defer also forgets it in the duplicate filter, so the node's
+    /// redelivery is handed over again.
+    fn settle(&mut self, event_name: &str, idem: &str, forget: bool) {
+        for info in self.deliveries.values_mut() {
+            if info.event_name == event_name && info.idem == idem {
+                info.settled = true;
+            }
+        }
+        if forget {
+            self.dedup.remove(&(event_name.to_owned(), idem.to_owned()));
+        }
     }
 
     fn internal_ack(&mut self, event_name: &str, idem: &str, block: i64, now: Instant) {
@@ -1688,6 +1710,7 @@ impl Session {
         self.deliveries.insert(
             token,
             DeliveryInfo {
+                settled: false,
                 event_name: event.event_name.clone(),
                 idem: event.event_idem.clone(),
                 block: event.partition_block,

@@ -85,7 +85,7 @@ impl Default for GenerationChoice {
 }
 
 /// The kind of a [`Request`] (and of the [`Reply`] it expects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum RequestKind {
     /// `Connect`.
