@@ -215,7 +215,7 @@ enum OpKind {
     Open,
     Publish,
     Subscribe,
-    Unsubscribe,
+    Unsubscribe { name: String },
     Ack,
     Defer,
     Discard,
@@ -244,6 +244,8 @@ struct Sub {
     opened: bool,
     paused: bool,
     pending_op: Option<OpId>,
+    /// An unsubscribe of the same name that must complete before the stream is opened.
+    blocked_by: Option<OpId>,
 }
 
 struct DeliveryInfo {
@@ -266,7 +268,10 @@ fn deadline_after(now: Instant, d: Duration) -> Instant {
 fn survives_reconnect(kind: &OpKind) -> bool {
     matches!(
         kind,
-        OpKind::Unsubscribe | OpKind::Replay { .. } | OpKind::Pause { .. } | OpKind::Resume { .. }
+        OpKind::Unsubscribe { .. }
+            | OpKind::Replay { .. }
+            | OpKind::Pause { .. }
+            | OpKind::Resume { .. }
     )
 }
 
@@ -468,6 +473,14 @@ impl Session {
                 message: format!("already subscribed to {event_name}"),
             });
         }
+        // A pending unsubscribe of this name goes first: the node may handle concurrent
+        // calls in any order.
+        let blocked_by = self
+            .ops
+            .iter()
+            .filter(|(_, o)| matches!(&o.kind, OpKind::Unsubscribe { name } if name == event_name))
+            .map(|(id, _)| *id)
+            .next_back();
         let op = self.alloc_op();
         let deadline = Some(deadline_after(now, self.config.request_timeout));
         self.insert_op(op, OpKind::Subscribe, deadline, Vec::new(), None);
@@ -480,6 +493,7 @@ impl Session {
                 opened: false,
                 paused: false,
                 pending_op: Some(op),
+                blocked_by,
             },
         );
         if self.is_connected() {
@@ -514,7 +528,10 @@ impl Session {
             client_id: String::new(),
             event_name: event_name.to_owned(),
         });
-        Ok(self.submit_one(OpKind::Unsubscribe, request, now))
+        let kind = OpKind::Unsubscribe {
+            name: event_name.to_owned(),
+        };
+        Ok(self.submit_one(kind, request, now))
     }
 
     /// Acknowledges an event (manual ack).
@@ -659,7 +676,14 @@ impl Session {
                         e.done_ok = true;
                     }
                 }
-                if live && info.auto_ack && !info.idem.is_empty() && block != 0 {
+                let acked_here = self
+                    .dedup
+                    .get(&key)
+                    .is_some_and(|e| e.acked_epoch == Some(self.epoch));
+                if live && info.auto_ack && !info.idem.is_empty() && block != 0 && !acked_here {
+                    if let Some(e) = self.dedup.get_mut(&key) {
+                        e.acked_epoch = Some(self.epoch);
+                    }
                     self.internal_ack(&info.event_name, &info.idem, block, now);
                 }
             }
@@ -959,8 +983,14 @@ impl Session {
                 info.settled = true;
             }
         }
+        let key = (event_name.to_owned(), idem.to_owned());
         if forget {
-            self.dedup.remove(&(event_name.to_owned(), idem.to_owned()));
+            self.dedup.remove(&key);
+        } else if self.is_connected() {
+            let epoch = self.epoch;
+            if let Some(e) = self.dedup.get_mut(&key) {
+                e.acked_epoch = Some(epoch);
+            }
         }
     }
 
@@ -1023,6 +1053,9 @@ impl Session {
         let Some(sub) = self.subs.get_mut(name) else {
             return;
         };
+        if sub.blocked_by.is_some() {
+            return;
+        }
         sub.call = Some(call);
         sub.opened = false;
         self.calls.insert(
@@ -1252,6 +1285,29 @@ impl Session {
                     }
                 }
             }
+        }
+        if let OpKind::Unsubscribe { name } = &op.kind {
+            let unblocked = self
+                .subs
+                .get_mut(name)
+                .is_some_and(|s| s.blocked_by == Some(op_id));
+            if unblocked {
+                if let Some(sub) = self.subs.get_mut(name) {
+                    sub.blocked_by = None;
+                }
+            }
+            let name = name.clone();
+            match op.internal {
+                None => {
+                    self.app_ops = self.app_ops.saturating_sub(1);
+                    self.complete(op_id, result);
+                }
+                Some(_) => {}
+            }
+            if unblocked && self.is_connected() {
+                self.send_subscribe(&name);
+            }
+            return;
         }
         match op.internal {
             None => {
@@ -1538,10 +1594,12 @@ impl Session {
             return Err(wrong_type());
         };
         match (&op.kind, reply) {
-            (OpKind::Unsubscribe, Reply::Unsubscribe(r)) => ok_or(r.success, r.message, |m| {
-                SessionError::Subscription { message: m }
-            })
-            .map(|()| OpOutcome::Unsubscribed),
+            (OpKind::Unsubscribe { .. }, Reply::Unsubscribe(r)) => {
+                ok_or(r.success, r.message, |m| SessionError::Subscription {
+                    message: m,
+                })
+                .map(|()| OpOutcome::Unsubscribed)
+            }
             (OpKind::Ack, Reply::Ack(r)) => {
                 ok_or(r.success, r.message, |m| SessionError::Ack { message: m })
                     .map(|()| OpOutcome::Acked)
@@ -1665,7 +1723,10 @@ impl Session {
             if let Some(entry) = self.dedup.get_mut(&key) {
                 entry.seen_epoch = self.epoch;
                 entry.block = event.partition_block;
-                if entry.done_ok && eligible {
+                // At most one ack per event per connection: a second delivery of it in
+                // this connection (a defer racing a redelivery) is not acked again.
+                if entry.done_ok && eligible && entry.acked_epoch != Some(self.epoch) {
+                    entry.acked_epoch = Some(self.epoch);
                     self.internal_ack(
                         &event.event_name,
                         &event.event_idem,
@@ -1703,6 +1764,7 @@ impl Session {
                     done_ok: false,
                     seen_epoch: self.epoch,
                     block: event.partition_block,
+                    acked_epoch: None,
                     seq: 0,
                 },
             );
@@ -1753,7 +1815,7 @@ fn kind_error(kind: &OpKind, message: String) -> SessionError {
             message,
             published: Vec::new(),
         },
-        OpKind::Subscribe | OpKind::Unsubscribe => SessionError::Subscription { message },
+        OpKind::Subscribe | OpKind::Unsubscribe { .. } => SessionError::Subscription { message },
         OpKind::Ack => SessionError::Ack { message },
         OpKind::Defer => SessionError::Defer { message },
         OpKind::Discard => SessionError::Discard { message },
@@ -1842,6 +1904,8 @@ struct DedupEntry {
     seen_epoch: u64,
     /// Its partition block in that delivery.
     block: i64,
+    /// The connection epoch in which the session last acknowledged it.
+    acked_epoch: Option<u64>,
     seq: u64,
 }
 
