@@ -1297,12 +1297,9 @@ impl Session {
                 }
             }
             let name = name.clone();
-            match op.internal {
-                None => {
-                    self.app_ops = self.app_ops.saturating_sub(1);
-                    self.complete(op_id, result);
-                }
-                Some(_) => {}
+            if op.internal.is_none() {
+                self.app_ops = self.app_ops.saturating_sub(1);
+                self.complete(op_id, result);
             }
             if unblocked && self.is_connected() {
                 self.send_subscribe(&name);
