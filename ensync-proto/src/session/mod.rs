@@ -27,6 +27,8 @@
 //! - `open` asks for the transport ([`Output::Connect`]), then sends `Connect`. If the
 //!   *first* connection fails, the `open` operation fails and the session closes (no
 //!   retry loop: creating a client must fail promptly).
+//! - A refused access key (`success = false` or `UNAUTHENTICATED` on `Connect`) closes
+//!   the session with [`SessionError::Auth`], on the first open and on a reconnect alike.
 //! - Once connected, a lost connection (transport loss, a failed heartbeat, a subscribe
 //!   stream ending with `UNAVAILABLE`/`INTERNAL`/`UNAUTHENTICATED`) leads to
 //!   [`ConnectionState::Reconnecting`] with the delays of [`backoff_delay`]; after
@@ -37,8 +39,13 @@
 //!   by `request_timeout` from when it was issued. When the connection drops, in-flight
 //!   publishes, acks, defers and discards fail with a retryable
 //!   [`SessionError::Connection`] (a publish may have been applied: it is never silently
-//!   duplicated; an unacked event comes back from the node anyway); unsubscribe, pause,
-//!   resume and replay are re-sent after the reconnect.
+//!   duplicated; an unacked event comes back from the node anyway); subscribe,
+//!   unsubscribe, pause, resume and replay (a read) are re-sent after the reconnect. A
+//!   subscribe waits for a pending unsubscribe of the same name (the node may handle
+//!   concurrent calls in any order).
+//! - A subscribe stream that ends cleanly, or with a status that does not mean
+//!   connection loss, is reported as [`SessionEvent::StreamEnded`]; the subscription is
+//!   kept and restored at the next reconnect.
 //! - Deliveries are routed by their own `event_name`. An event already handed to the
 //!   application (its handler running or finished OK) is never handed over again; if
 //!   it is redelivered after its handler finished OK on an auto-ack subscription, the
@@ -779,7 +786,7 @@ impl Session {
             Input::Disconnected { reason } => match self.phase {
                 Phase::Opening { .. } => self.attempt_failed(reason, false, now),
                 Phase::Authenticating { .. } => self.attempt_failed(reason, false, now),
-                Phase::Connected => self.connection_lost(reason, false, now),
+                Phase::Connected => self.connection_lost(reason, now),
                 _ => {}
             },
             Input::Reply { call, result } => self.handle_reply(call, result, now),
@@ -819,7 +826,7 @@ impl Session {
             }
             Phase::Connected => {
                 if self.heartbeat_call.is_some_and(|(_, d)| d <= now) {
-                    self.connection_lost("heartbeat timed out".to_owned(), true, now);
+                    self.connection_lost("heartbeat timed out".to_owned(), now);
                     return;
                 }
                 if let (Some(interval), Some(at)) =
@@ -1161,11 +1168,10 @@ impl Session {
     }
 
     /// The established connection is gone.
-    fn connection_lost(&mut self, reason: String, drop_transport: bool, now: Instant) {
+    fn connection_lost(&mut self, reason: String, now: Instant) {
         if !self.is_connected() {
             return;
         }
-        let _ = drop_transport;
         self.outputs.push_back(Output::Disconnect);
         self.heartbeat_call = None;
         self.next_heartbeat = None;
@@ -1358,16 +1364,13 @@ impl Session {
                 match result {
                     Ok(Reply::Heartbeat(r)) if r.success => {}
                     Ok(Reply::Heartbeat(_)) => {
-                        self.connection_lost("heartbeat refused".to_owned(), true, now)
+                        self.connection_lost("heartbeat refused".to_owned(), now)
                     }
                     Ok(_) => self.connection_lost(
                         "heartbeat answered with a reply of the wrong type".to_owned(),
-                        true,
                         now,
                     ),
-                    Err(e) => {
-                        self.connection_lost(format!("heartbeat failed: {}", e.message), true, now)
-                    }
+                    Err(e) => self.connection_lost(format!("heartbeat failed: {}", e.message), now),
                 }
             }
             CallPurpose::Stream { name } => {
@@ -1674,7 +1677,7 @@ impl Session {
         };
         if error.as_ref().is_some_and(|e| e.code.is_connection_loss()) {
             let message = error.map(|e| e.message).unwrap_or_default();
-            self.connection_lost(format!("subscribe stream failed: {message}"), true, now);
+            self.connection_lost(format!("subscribe stream failed: {message}"), now);
             return;
         }
         let Some(sub) = self.subs.get_mut(&name) else {
