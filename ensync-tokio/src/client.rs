@@ -175,7 +175,9 @@ impl Control {
         settled: bool,
     ) {
         // The driver being gone means the client is closed: nothing left to report to.
-        let _ = self.tx.send(Command::HandlerFinished { token, ok, settled });
+        let _ = self
+            .tx
+            .send(Command::HandlerFinished { token, ok, settled });
     }
 }
 

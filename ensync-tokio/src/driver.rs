@@ -156,7 +156,10 @@ pub(crate) async fn start<T: Transport>(
             format!("unexpected result {other:?}"),
         )),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(EnSyncError::new(ErrorKind::Connection, "the client stopped")),
+        Err(_) => Err(EnSyncError::new(
+            ErrorKind::Connection,
+            "the client stopped",
+        )),
     }
 }
 
@@ -193,6 +196,12 @@ impl<T: Transport> Driver<T> {
             }
         }
         self.tasks.abort_all();
+        for (_, reply) in self.ops.drain() {
+            let _ = reply.send(Err(EnSyncError::new(
+                ErrorKind::Closed,
+                "the client closed",
+            )));
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -230,7 +239,8 @@ impl<T: Transport> Driver<T> {
                 match self.session.subscribe(&event_name, opts, now) {
                     Ok(id) => {
                         self.ops.insert(id, reply);
-                        self.subscribes.insert(id, (event_name, Sink { events: sink }));
+                        self.subscribes
+                            .insert(id, (event_name, Sink { events: sink }));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(map_error(e)));
@@ -238,9 +248,9 @@ impl<T: Transport> Driver<T> {
                 }
             }
             Command::HandlerFinished { token, ok, settled } => {
-                let outcome = if settled {
-                    session::HandlerOutcome::Ok
-                } else if ok {
+                // An event the app settled itself (ack/defer/discard) is finished; the
+                // session takes no automatic action on it.
+                let outcome = if settled || ok {
                     session::HandlerOutcome::Ok
                 } else {
                     session::HandlerOutcome::Failed
@@ -433,10 +443,8 @@ impl<T: Transport> Driver<T> {
                 event_name,
                 idem,
                 error,
-            } => {
-                if self.logging {
-                    tracing::warn!(event = %event_name, %idem, %error, "ensync: event could not be read");
-                }
+            } if self.logging => {
+                tracing::warn!(event = %event_name, %idem, %error, "ensync: event could not be read");
             }
             _ => {}
         }
@@ -455,7 +463,7 @@ impl<T: Transport> Driver<T> {
         let settled = Arc::new(AtomicBool::new(false));
         let guard = HandlingGuard {
             control: control.clone(),
-            token: delivery.token.clone(),
+            token: delivery.token,
             settled: settled.clone(),
             done: false,
             _permit: permit,
@@ -510,10 +518,9 @@ impl<T: Transport> Driver<T> {
         }
         self.state.send_replace(public);
         if closed {
+            // The session completes every op itself; whatever is left when the loop
+            // stops is failed there.
             self.closed = true;
-            for (_, reply) in self.ops.drain() {
-                let _ = reply.send(Err(EnSyncError::new(ErrorKind::Closed, "the client closed")));
-            }
         }
     }
 }

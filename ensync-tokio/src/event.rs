@@ -74,7 +74,7 @@ impl HandlingGuard {
         }
         self.done = true;
         let settled = self.settled.load(Ordering::SeqCst);
-        self.control.handler_finished(self.token.clone(), ok, settled);
+        self.control.handler_finished(self.token, ok, settled);
     }
 }
 

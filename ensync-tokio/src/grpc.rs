@@ -25,7 +25,8 @@ impl GrpcTransport {
         let scheme = if target.tls { "https" } else { "http" };
         let uri = format!("{scheme}://{}", target.authority());
         let bad = |e: tonic::transport::Error| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node address {uri}")).with_source(e)
+            EnSyncError::new(ErrorKind::Validation, format!("bad node address {uri}"))
+                .with_source(e)
         };
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(bad)?
@@ -135,8 +136,10 @@ impl Transport for GrpcTransport {
         &self,
         conn: &Channel,
         call: Call,
-    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<wire::EventStreamResponse, RpcError>>, RpcError>>
-    {
+    ) -> BoxFuture<
+        'static,
+        Result<BoxStream<'static, Result<wire::EventStreamResponse, RpcError>>, RpcError>,
+    > {
         let channel = conn.clone();
         let path = call.path();
         async move {
@@ -159,7 +162,10 @@ impl Transport for GrpcTransport {
                 )
                 .await
                 .map_err(rpc_error)?;
-            Ok(response.into_inner().map(|item| item.map_err(rpc_error)).boxed())
+            Ok(response
+                .into_inner()
+                .map(|item| item.map_err(rpc_error))
+                .boxed())
         }
         .boxed()
     }

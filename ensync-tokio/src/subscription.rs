@@ -204,9 +204,9 @@ impl Subscription {
                 idem: idem.to_owned(),
             })
             .await?;
-        outcome.into_replayed().ok_or_else(|| {
-            EnSyncError::new(ErrorKind::Replay, "the node's reply carried no event")
-        })
+        outcome
+            .into_replayed()
+            .ok_or_else(|| EnSyncError::new(ErrorKind::Replay, "the node's reply carried no event"))
     }
 
     /// Unsubscribes: no more events of this name are delivered to this client, and a
