@@ -8,7 +8,8 @@
 //!
 //! So that there is something to receive, a second app (the embedded node's second app,
 //! or `ENSYNC_PEER_*`, or this app again) publishes a few events to this one. The example
-//! stops after those events arrived, or fails after 30 s.
+//! stops after handling as many events (on a real node these may include events still
+//! queued from earlier runs), or fails after 30 s.
 
 mod common;
 
