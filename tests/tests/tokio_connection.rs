@@ -371,7 +371,7 @@ async fn giving_up_after_max_reconnect_attempts_closes_with_a_reason() {
 async fn dropping_the_client_closes_the_connection() {
     // A short session timeout, so the node notices a client that stopped heartbeating.
     let node = TestNode::start_with(2, Refuse::Nothing, |c| {
-        c.heartbeat_interval_ms = 300;
+        c.heartbeat_interval_ms = 500;
         c.heartbeat_misses = 3;
     })
     .await;
@@ -391,7 +391,7 @@ async fn dropping_the_client_closes_the_connection() {
         next(&mut sub).await
     };
     // Heartbeats keep the sessions alive well past the session timeout.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let s = node.stats();
     assert_eq!((s.sessions, s.subscriptions, s.in_flight), (2, 1, 1));
 
