@@ -16,8 +16,10 @@ exception class) and "timeout": true when the step did not finish within its
 from "the client hung". Line 0 is {"op": "hello", "sdk_version", "generation"}.
 
 Steps (all take an optional "timeout_ms"):
-  connect     {session, app, access_key?}       create_client; returns client_hash
-  subscribe   {session, event, auto_ack?=true, reply?: {event, payload}}
+  connect     {session, app, access_key?, readme_options?}
+              create_client; returns client_hash. readme_options=true: only the README's
+              {"app_secret_key": ...}, without the "appSecretKey" the code reads
+  subscribe   {session, event, auto_ack?=true, reply?: {event, payload}, readme_options?}
               registers a handler that records every delivered event (and, with
               "reply", publishes `payload` back to the event's `sender` from the handler)
   publish     {session, event, to: [recipient], payload, metadata?, hybrid?}
@@ -28,8 +30,10 @@ Steps (all take an optional "timeout_ms"):
   wait        {session, event, count}           until `count` events were delivered; returns all
   quiet       {session, event, ms}              sleep `ms`; returns all events delivered so far
   ack         {session, event, idem, block}
-  defer       {session, event, idem, delay_ms, reason?}
-  discard     {session, event, idem, reason?}
+  defer       {session, event, idem, delay_ms, reason?, public?}
+  discard     {session, event, idem, reason?, public?}
+              public=true: call the subscription's method even where it is known broken
+  readme_subscribe {session, event}             `await client.subscribe(name)` as in the README
   replay      {session, event, idem}            returns the replayed, decrypted payload
   pause       {session, event, reason?}
   resume      {session, event}
@@ -66,6 +70,30 @@ from ensync_sdk import EnSyncEngine, ensync_pb2
 from ensync_core.error import EnSyncError
 from ensync_core import ecc_crypto
 from ensync_core.payload_utils import get_payload_metadata
+
+# Texts of the workarounds, reported in the answers of the steps that apply them
+# (docs/interop.md lists those met during the run).
+W_SECRET_OPTION = (
+    "`create_client(access_key, {\"app_secret_key\": ...})` as the README shows does not set the "
+    "secret key: the code reads the option `appSecretKey`, and without it decrypts with the app's "
+    "public key, so every event is dropped with `Failed to decrypt`. The driver passes both names.")
+W_SUBSCRIBE_040 = (
+    "README's `subscription = await client.subscribe(name)` raises `TypeError`: in 0.4.0 `subscribe` is a "
+    "decorator factory for handlers registered before connecting. The driver takes the subscription object "
+    "from the factory the client itself calls on connect, `client._create_subscription(name, options)`, then "
+    "uses its public `on`, `ack`, `defer`, `discard`, `replay`, `pause`, `resume`. That factory reads "
+    "`autoAck`/`appSecretKey`, not the README's `auto_ack`/`app_secret_key`: both are passed.")
+W_SUBSCRIBE_044 = (
+    "README's `subscription = await client.subscribe(name)` raises `TypeError`: in 0.4.4 `subscribe` returns "
+    "a `SubscriptionDecorator` (not awaitable) whose `@handler` only takes effect on the next connect. The "
+    "driver takes the live subscription from `SubscriptionDecorator._ensure_subscription()` (what the "
+    "decorator's own `ack`/`pause`/... call), then uses its public `on`, `ack`, `replay`, `pause`, `resume`. "
+    "That path reads `autoAck`/`appSecretKey`, not the README's `auto_ack`/`app_secret_key`: both are passed.")
+W_DEFER_DISCARD = (
+    "0.4.4 `defer()` and `discard()` raise `AttributeError: module 'asyncio' has no attribute "
+    "'get_message_loop'` after the node has answered success (see the row on the methods as published). "
+    "The driver sends the same `DeferRequest`/`DiscardRequest` through the client's own stub and channel "
+    "(`DeferMessage`/`DiscardMessage`) and checks the node's answer.")
 
 GEN = 2 if hasattr(ensync_pb2, "PublishMessageRequest") else 1
 T0 = time.monotonic()
@@ -169,10 +197,14 @@ class Driver:
         secret = app["secret_key"]
         engine = EnSyncEngine(self.url)
         # README: {"app_secret_key": ...}; the code reads "appSecretKey". Pass both.
-        client = await engine.create_client(access_key, {"app_secret_key": secret, "appSecretKey": secret})
+        if step.get("readme_options"):
+            # Exactly the README's options (to show what they do).
+            client = await engine.create_client(access_key, {"app_secret_key": secret})
+        else:
+            client = await engine.create_client(access_key, {"app_secret_key": secret, "appSecretKey": secret})
         self.sessions[step["session"]] = Session(step["session"], step["app"], client)
         return {"client_hash": client.client_hash, "client_id_set": bool(client.client_id),
-                "workaround": "create_client options: appSecretKey passed besides README's app_secret_key"}
+                "workaround": W_SECRET_OPTION}
 
     async def op_subscribe(self, step):
         s = self.session(step)
@@ -180,18 +212,20 @@ class Driver:
         auto_ack = bool(step.get("auto_ack", True))
         secret = self.apps[s.app]["secret_key"]
         opts = {"auto_ack": auto_ack, "autoAck": auto_ack, "app_secret_key": secret, "appSecretKey": secret}
+        if step.get("readme_options"):
+            opts = {}  # the README's plain `subscribe(name)`: the client's own key is used
         if GEN == 2:
             # Public API of 0.4.4: client.subscribe() -> SubscriptionDecorator; its
             # methods create the subscription through _ensure_subscription().
             decorator = s.client.subscribe(name, **opts)
             subscription = await decorator._ensure_subscription()
-            how = "client.subscribe(name) -> SubscriptionDecorator._ensure_subscription()"
+            how = W_SUBSCRIBE_044
         else:
             # 0.4.0: client.subscribe() is a decorator factory for handlers registered
             # before connect; the subscription object comes from the same factory that
             # the client uses on connect.
             subscription = await s.client._create_subscription(name, opts)
-            how = "client._create_subscription(name, options)"
+            how = W_SUBSCRIBE_040
         sub = Sub(name)
         sub.subscription = subscription
         s.subs[name] = sub
@@ -208,7 +242,7 @@ class Driver:
         # No await between creating the stream task and registering the handler, so
         # nothing the stream reads can miss the handler.
         subscription.on(handler)
-        return {"workaround": "README's `await client.subscribe(name)` is not awaitable; used " + how}
+        return {"workaround": how}
 
     async def op_publish(self, step):
         s = self.session(step)
@@ -273,11 +307,10 @@ class Driver:
         at = now_ms()
         delay = int(step["delay_ms"])
         reason = step.get("reason", "")
-        if GEN == 2:
+        if GEN == 2 and not step.get("public"):
             response = await self._raw_defer_discard(
                 s, "DeferEvent", event_idem=step["idem"], event_name=sub.name, delay_ms=delay, reason=reason)
-            return {"sent_at_ms": at, "delivery_time": response.delivery_time,
-                    "workaround": "0.4.4 defer raises after success (asyncio.get_message_loop): sent via client._stub"}
+            return {"sent_at_ms": at, "delivery_time": response.delivery_time, "workaround": W_DEFER_DISCARD}
         result = await sub.subscription.defer(step["idem"], delay, reason)
         return {"sent_at_ms": at, "delivery_time": result.get("scheduledDelivery")}
 
@@ -285,9 +318,9 @@ class Driver:
         s = self.session(step)
         sub = self.sub(step)
         reason = step.get("reason", "")
-        if GEN == 2:
+        if GEN == 2 and not step.get("public"):
             await self._raw_defer_discard(s, "DiscardEvent", event_idem=step["idem"], event_name=sub.name, reason=reason)
-            return {"workaround": "0.4.4 discard raises after success (asyncio.get_message_loop): sent via client._stub"}
+            return {"workaround": W_DEFER_DISCARD}
         result = await sub.subscription.discard(step["idem"], reason)
         return {"action": result.get("action")}
 
@@ -295,6 +328,12 @@ class Driver:
         sub = self.sub(step)
         result = await sub.subscription.replay(step["idem"])
         return {"idem": result.get("idem"), "payload": result.get("payload")}
+
+    async def op_readme_subscribe(self, step):
+        """`subscription = await client.subscribe(name)`, exactly as the README shows."""
+        s = self.session(step)
+        subscription = await s.client.subscribe(step["event"])
+        return {"type": type(subscription).__name__}
 
     async def op_pause(self, step):
         result = await self.sub(step).subscription.pause(step.get("reason", ""))
