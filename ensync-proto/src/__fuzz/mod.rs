@@ -9,8 +9,11 @@ pub mod frame;
 pub mod session;
 pub mod ws;
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name (the name of their `fuzz/corpus/<name>` folder) and entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("envelope", envelope::run),
     ("frame", frame::run),
     ("session", session::run),
