@@ -1,1 +1,244 @@
-//! SKELETON: the EnSync-compatible node (being written).
+//! # ensync-node: an EnSync-compatible node
+//!
+//! Serves both RPC generations of the EnSync gRPC protocol (PROTOCOL.md) on one port,
+//! with apps and permissions from a config file, durable per-(recipient, event name)
+//! queues in an embedded transactional store ([`redb`]) with group commit, at-least-once
+//! delivery with ack / defer / discard / pause / continue / replay, optional TLS. It
+//! stores no app secret and never decrypts a payload.
+//!
+//! Layers:
+//! - [`store`]: the [`store::Store`] trait and its redb implementation;
+//! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
+//!   method per operation);
+//! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;
+//! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
+//! - [`dev`]: a throw-away configuration with generated apps and keys.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ensync_node::NodeError> {
+//! let dev = ensync_node::dev::DevSetup::generate(2)?;
+//! let node = ensync_node::Node::start(dev.config.clone()).await?;
+//! println!("serving on {}", node.grpc_addr());
+//! // ... connect clients with dev.apps[0].access_key / dev.apps[0].secret_key() ...
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod dev;
+pub mod grpc;
+pub mod keys;
+pub mod perm;
+pub mod service;
+pub mod store;
+
+/// The tonic server and client stubs of `proto/ensync.proto`, over the message types of
+/// [`ensync_proto::wire`]. Build a client with `EnSyncServiceClient::new(channel)` (the
+/// RPC `Connect` takes the name of tonic's usual `connect` constructor).
+#[allow(missing_docs, clippy::all)]
+pub mod rpc {
+    include!(concat!(env!("OUT_DIR"), "/ensync.rs"));
+}
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{AppConfig, ConfigError, NodeConfig};
+pub use service::{NodeService, NodeStats};
+pub use store::StoreError;
+
+use futures::StreamExt as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Another IO failure.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Starts nodes.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Validates `config`, opens the store in `config.data_dir`, loads the pending events,
+    /// binds `config.grpc_listen` (port 0 picks a free port) and serves until
+    /// [`RunningNode::shutdown`]. Must be called inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+        config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| NodeError::Tls(format!("{}: {e}", p.display())))
+                };
+                Some(tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+                ))
+            }
+            _ => None,
+        };
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| NodeError::Tls(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+        }
+
+        let store = Arc::new(store::RedbStore::open(&config.data_dir)?);
+        let service = NodeService::new(&config, store)?;
+        let tasks = service.spawn_background();
+
+        // tokio's listener sets SO_REUSEADDR, so a restarted node can bind the port of one
+        // that was killed while clients were still connected.
+        let listener = match tokio::net::TcpListener::bind(config.grpc_listen).await {
+            Ok(l) => l,
+            Err(source) => {
+                service.close().await;
+                return Err(NodeError::Bind {
+                    addr: config.grpc_listen,
+                    source,
+                });
+            }
+        };
+        let grpc_addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Io(e.to_string()))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
+        let max_message = config
+            .max_payload_bytes
+            .saturating_add(config.max_metadata_bytes.saturating_mul(2))
+            .saturating_add(64 * 1024)
+            .max(4 * 1024 * 1024);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = builder
+            .add_service(grpc::GrpcService::new(service.clone()).into_server(max_message))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        let server = tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        Ok(RunningNode {
+            grpc_addr,
+            tls: config.tls_cert.is_some(),
+            service,
+            stop: Some(stop_tx),
+            server: Some(server),
+            tasks,
+        })
+    }
+}
+
+/// A node serving in this process. Dropping it stops serving without waiting; prefer
+/// [`RunningNode::shutdown`].
+pub struct RunningNode {
+    grpc_addr: SocketAddr,
+    tls: bool,
+    service: NodeService,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    /// The bound gRPC address (the actual port when the config asked for port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Whether the endpoint serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The transport-independent service (for other endpoints, e.g. WebSocket).
+    pub fn service(&self) -> &NodeService {
+        &self.service
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> NodeStats {
+        self.service.stats()
+    }
+
+    /// Stops serving: open streams end with `UNAVAILABLE` (clients reconnect), queued
+    /// writes are committed, the server stops and the store is closed, so a new node can
+    /// open the same data directory.
+    pub async fn shutdown(mut self) {
+        self.service.close().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.service.close_now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

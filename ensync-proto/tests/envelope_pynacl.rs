@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 /// - hybrid: the entry keyed by the recipient's base64 public key, wrapped key read from
 ///   `ciphertext` (Go) and from `encryptedKey` (Node), which must be the same text; the
 ///   raw 32-byte message key opens the SecretBox payload.
+///
 /// Prints one base64 plaintext per case, as a JSON list.
 const READER: &str = r#"
 import base64, json, sys

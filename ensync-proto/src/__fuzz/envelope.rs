@@ -9,6 +9,8 @@
 //! - as plaintext JSON for `payload_metadata`;
 //! - as a plaintext that must survive an encrypt/decrypt round trip (single and hybrid).
 
+use std::sync::OnceLock;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand_core::{CryptoRng, RngCore};
@@ -53,15 +55,21 @@ impl CryptoRng for CounterRng {}
 
 /// Feeds arbitrary bytes to the envelope code under test; must never panic.
 pub fn run(data: &[u8]) {
-    let key = SecretKey::from_seed(&FUZZ_KEY_SEED);
+    static KEYS: OnceLock<(SecretKey, SecretKey)> = OnceLock::new();
+    let (key, other) = KEYS.get_or_init(|| {
+        (
+            SecretKey::from_seed(&FUZZ_KEY_SEED),
+            SecretKey::from_seed(&[8; 32]),
+        )
+    });
     let text = String::from_utf8_lossy(data);
 
     // Outer payload text and inner envelope JSON.
-    let _ = decrypt(&text, &key);
+    let _ = decrypt(&text, key);
     let inner = STANDARD.encode(data);
     if let Ok(envelope) = Envelope::parse(&inner) {
         let _ = envelope.recipient_ids().count();
-        let _ = envelope.open(&key);
+        let _ = envelope.open(key);
     }
 
     // Keys from text and bytes.
@@ -74,8 +82,11 @@ pub fn run(data: &[u8]) {
     }
     for len in [32usize, 64] {
         if let (Some(secret), Some(rest)) = (data.get(..len), data.get(len..)) {
-            if let Ok(other) = SecretKey::from_bytes(secret) {
-                let _ = decrypt(&STANDARD.encode(rest), &other);
+            // Only derive a key (costly) when the rest is an envelope.
+            if let Ok(envelope) = Envelope::parse(&STANDARD.encode(rest)) {
+                if let Ok(secret) = SecretKey::from_bytes(secret) {
+                    let _ = envelope.open(&secret);
+                }
             }
         }
     }
@@ -88,15 +99,14 @@ pub fn run(data: &[u8]) {
     }
 
     // Round trips: what we write, we read back.
-    // (On a quarter of the inputs: each costs several X25519 operations.)
-    if data.len() <= 4096 && data.len() % 4 == 0 {
+    // (On one input in 16: each costs several X25519 operations.)
+    if data.len() <= 4096 && data.len() % 16 == 0 {
         let mut rng = CounterRng(data.len() as u64);
         let single = encrypt_single(data, key.public_key(), &mut rng);
-        assert_eq!(decrypt(&single, &key).as_deref(), Ok(data));
-        let other = SecretKey::from_seed(&[8; 32]);
+        assert_eq!(decrypt(&single, key).as_deref(), Ok(data));
         let recipients = [other.public_key().clone(), key.public_key().clone()];
         let hybrid = encrypt_hybrid(data, &recipients, &mut rng);
-        assert_eq!(decrypt(&hybrid, &key).as_deref(), Ok(data));
-        assert_eq!(decrypt(&hybrid, &other).as_deref(), Ok(data));
+        assert_eq!(decrypt(&hybrid, key).as_deref(), Ok(data));
+        assert_eq!(decrypt(&hybrid, other).as_deref(), Ok(data));
     }
 }

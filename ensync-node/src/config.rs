@@ -1,0 +1,363 @@
+//! Node configuration: the TOML file of `ensync node --config FILE`, or built in code.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::perm::Pattern;
+
+/// Default listen address of the gRPC endpoint.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
+/// Default heartbeat interval (the published clients send one every 30 s).
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 30_000;
+/// Default number of missed heartbeat intervals after which a session ends.
+pub const DEFAULT_HEARTBEAT_MISSES: u32 = 3;
+/// Default payload size limit (the base64 text of the envelope), 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Default metadata size limit, 16 KiB.
+pub const DEFAULT_MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Default bound on unacknowledged events handed to one subscription.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Default retention of stored events for replay: 7 days.
+pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+/// The whole node configuration.
+///
+/// Read from TOML with [`NodeConfig::from_toml_str`] / [`NodeConfig::from_file`], or
+/// built in code from [`NodeConfig::default`] (or [`NodeConfig::new`]) by setting fields.
+/// Every field but `apps` has a default, so a minimal file is:
+///
+/// ```toml
+/// grpc_listen = "127.0.0.1:50051"
+/// data_dir = "./ensync-data"
+/// [[apps]]
+/// name = "orders"
+/// access_key = "a-long-random-secret"
+/// public_key = "<base64 Ed25519 public key>"
+/// send = ["orders/*"]
+/// receive = ["*"]
+/// ```
+///
+/// [`NodeConfig::validate`] checks it (also done by `Node::start`); its errors name the
+/// offending field.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Address of the gRPC endpoint (`"127.0.0.1:0"` picks a free port).
+    pub grpc_listen: SocketAddr,
+    /// Directory of the durable store (created if missing).
+    pub data_dir: PathBuf,
+    /// PEM certificate chain; with `tls_key`, the endpoint serves TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Expected interval between a client's heartbeats, in ms.
+    pub heartbeat_interval_ms: u64,
+    /// A session with no heartbeat nor any call for this many intervals ends.
+    pub heartbeat_misses: u32,
+    /// Deliver all of a session's events on its first open subscribe stream (what the
+    /// Node SDK expects) instead of on the stream opened for each event name.
+    pub multiplex: bool,
+    /// Largest accepted `payload` (bytes of its base64 text).
+    pub max_payload_bytes: usize,
+    /// Largest accepted `metadata` (and `payload_metadata`), in bytes.
+    pub max_metadata_bytes: usize,
+    /// Most unacknowledged events handed to one subscription at a time.
+    pub max_in_flight: usize,
+    /// How long stored events stay replayable, in seconds.
+    pub retention_secs: u64,
+    /// The apps allowed to connect.
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./ensync-data"),
+            tls_cert: None,
+            tls_key: None,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
+            multiplex: false,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            retention_secs: DEFAULT_RETENTION_SECS,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// One app: who may connect with which access key, under which identity, and which
+/// event names it may send and receive.
+///
+/// `Debug` shows the access key as `<redacted>`; the key is zeroized on drop.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// A name for logs and the config file (unique).
+    pub name: String,
+    /// The secret a client presents in `Connect` (unique).
+    pub access_key: String,
+    /// The app's Ed25519 public key, standard base64: its identity (`client_hash`), the
+    /// recipient key others publish to, and the `sender` of what it publishes.
+    pub public_key: String,
+    /// Event-name patterns it may publish: exact names, `*` for all, `prefix/*` for a subtree.
+    #[serde(default)]
+    pub send: Vec<String>,
+    /// Event-name patterns it may subscribe to (same forms as `send`).
+    #[serde(default)]
+    pub receive: Vec<String>,
+}
+
+impl AppConfig {
+    /// An app with no permissions; push patterns onto `send` / `receive`.
+    pub fn new(
+        name: impl Into<String>,
+        access_key: impl Into<String>,
+        public_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            access_key: access_key.into(),
+            public_key: public_key.into(),
+            send: Vec::new(),
+            receive: Vec::new(),
+        }
+    }
+
+    /// Sets the send patterns (builder style).
+    pub fn with_send<S: Into<String>>(mut self, patterns: impl IntoIterator<Item = S>) -> Self {
+        self.send = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the receive patterns (builder style).
+    pub fn with_receive<S: Into<String>>(mut self, patterns: impl IntoIterator<Item = S>) -> Self {
+        self.receive = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("name", &self.name)
+            .field("access_key", &"<redacted>")
+            .field("public_key", &self.public_key)
+            .field("send", &self.send)
+            .field("receive", &self.receive)
+            .finish()
+    }
+}
+
+impl Drop for AppConfig {
+    fn drop(&mut self) {
+        self.access_key.zeroize();
+    }
+}
+
+/// A configuration that cannot be used. The message names the field.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a field has the wrong type (the text names it).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A field has an unusable value.
+    #[error("invalid config field `{field}`: {reason}")]
+    Field {
+        /// The field, e.g. `apps[1].public_key`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl NodeConfig {
+    /// The defaults with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Parses TOML text and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Serializes to TOML (access keys included: it is a config file).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(field_err("data_dir", "must not be empty"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(field_err("tls_key", "tls_cert is set but tls_key is not"));
+            }
+            (None, Some(_)) => {
+                return Err(field_err("tls_cert", "tls_key is set but tls_cert is not"));
+            }
+            _ => {}
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(field_err("heartbeat_interval_ms", "must be greater than 0"));
+        }
+        if self.heartbeat_misses == 0 {
+            return Err(field_err("heartbeat_misses", "must be greater than 0"));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(field_err("max_payload_bytes", "must be greater than 0"));
+        }
+        if self.max_metadata_bytes < 2 {
+            return Err(field_err(
+                "max_metadata_bytes",
+                "must be at least 2 (\"{}\")",
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(field_err("max_in_flight", "must be greater than 0"));
+        }
+        if self.retention_secs == 0 {
+            return Err(field_err("retention_secs", "must be greater than 0"));
+        }
+        let mut names = HashSet::new();
+        let mut access = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let at = |f: &str| format!("apps[{i}].{f}");
+            if app.name.trim().is_empty() {
+                return Err(field_err(at("name"), "must not be empty"));
+            }
+            if !names.insert(app.name.as_str()) {
+                return Err(field_err(
+                    at("name"),
+                    format!("duplicate app name {:?}", app.name),
+                ));
+            }
+            if app.access_key.is_empty() {
+                return Err(field_err(at("access_key"), "must not be empty"));
+            }
+            if !access.insert(app.access_key.as_str()) {
+                return Err(field_err(
+                    at("access_key"),
+                    "the same access key is used by another app",
+                ));
+            }
+            let key = crate::keys::parse_public_key(&app.public_key)
+                .map_err(|e| field_err(at("public_key"), e))?;
+            if !keys.insert(key) {
+                return Err(field_err(
+                    at("public_key"),
+                    "the same public key is used by another app",
+                ));
+            }
+            for (list, patterns) in [("send", &app.send), ("receive", &app.receive)] {
+                for (j, p) in patterns.iter().enumerate() {
+                    Pattern::parse(p)
+                        .map_err(|e| field_err(format!("apps[{i}].{list}[{j}]"), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How long a session may stay silent before it ends.
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.heartbeat_interval_ms
+                .saturating_mul(u64::from(self.heartbeat_misses)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        crate::keys::generate().public_key
+    }
+
+    #[test]
+    fn debug_redacts_access_key() {
+        let app = AppConfig::new("a", "super-secret-key", key());
+        let text = format!("{app:?}");
+        assert!(!text.contains("super-secret-key"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let err = NodeConfig::from_toml_str("grpc_listen = \"nope\"").unwrap_err();
+        assert!(err.to_string().contains("grpc_listen"), "{err}");
+        let err = NodeConfig::from_toml_str("bogus = 1").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = NodeConfig::from_toml_str("heartbeat_interval_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("heartbeat_interval_ms"), "{err}");
+        let err = NodeConfig::from_toml_str(
+            "[[apps]]\nname = \"a\"\naccess_key = \"k\"\npublic_key = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("apps[0].public_key"), "{err}");
+        let err = NodeConfig::from_toml_str(&format!(
+            "[[apps]]\nname = \"a\"\naccess_key = \"k\"\npublic_key = \"{}\"\nsend = [\"a/*/b\"]\n",
+            key()
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("apps[0].send[0]"), "{err}");
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let mut c = NodeConfig::new("/tmp/x");
+        c.apps.push(
+            AppConfig::new("a", "k", key())
+                .with_send(["x/*"])
+                .with_receive(["*"]),
+        );
+        let text = c.to_toml_string().unwrap();
+        let back = NodeConfig::from_toml_str(&text).unwrap();
+        assert_eq!(back.data_dir, c.data_dir);
+        assert_eq!(back.apps[0].send, vec!["x/*".to_owned()]);
+        assert_eq!(back.apps[0].access_key, "k");
+    }
+}

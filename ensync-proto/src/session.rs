@@ -1,1 +1,0 @@
-//! SKELETON: session (being written).
