@@ -13,7 +13,46 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+pub mod node;
+pub mod report;
+
+/// An app configured on the node under test, as a published client sees it.
+#[derive(Clone)]
+pub struct TestApp {
+    /// Short name used in driver steps (`"a"`, `"b"`, ...; `"@a"` as a recipient).
+    pub name: String,
+    /// The access key `create_client` takes.
+    pub access_key: String,
+    /// Standard base64 of the 64-byte Ed25519 secret key (seed || public key).
+    pub secret_key: String,
+    /// Standard base64 of the Ed25519 public key (the app's identity, `client_hash`).
+    pub public_key: String,
+}
+
+impl std::fmt::Debug for TestApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestApp")
+            .field("name", &self.name)
+            .field("public_key", &self.public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The driver's config argument: the node URL and the apps by name.
+pub fn driver_config(url: &str, apps: &[TestApp]) -> Value {
+    let apps: serde_json::Map<String, Value> = apps
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                json!({"access_key": a.access_key, "secret_key": a.secret_key, "public_key": a.public_key}),
+            )
+        })
+        .collect();
+    json!({"url": url, "apps": apps})
+}
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
@@ -145,7 +184,12 @@ pub fn require_python(client: PublishedClient, test: &str) -> Option<PathBuf> {
             if std::env::var_os("CI").is_some() {
                 panic!("{test}: {why}");
             }
-            eprintln!("SKIP {test} for {}: {why}", client.label());
+            // Straight to stderr, past the test harness's output capture.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test} for {}: {why}",
+                client.label()
+            );
             None
         }
     }
@@ -237,31 +281,24 @@ impl PyDriver {
     }
 
     fn read_line(&mut self, timeout: Duration) -> Result<Value, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.transcript.push(format!("<- {line}"));
-                    return serde_json::from_str(&line).map_err(|e| {
-                        format!("{}: driver printed non-JSON {line:?}: {e}", self.label)
-                    });
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!(
-                        "{}: driver gave no answer within {timeout:?} (hung)\nstderr:\n{}",
-                        self.label,
-                        self.stderr_tail()
-                    ));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    return Err(format!(
-                        "{}: driver exited ({status:?})\nstderr:\n{}",
-                        self.label,
-                        self.stderr_tail()
-                    ));
-                }
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                self.transcript.push(format!("<- {line}"));
+                serde_json::from_str(&line)
+                    .map_err(|e| format!("{}: driver printed non-JSON {line:?}: {e}", self.label))
+            }
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "{}: driver gave no answer within {timeout:?} (hung)\nstderr:\n{}",
+                self.label,
+                self.stderr_tail()
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().ok();
+                Err(format!(
+                    "{}: driver exited ({status:?})\nstderr:\n{}",
+                    self.label,
+                    self.stderr_tail()
+                ))
             }
         }
     }
