@@ -191,7 +191,7 @@ impl EnSyncService for GrpcService {
                 success: true,
                 client_id: c.client_id,
                 client_hash: c.client_hash,
-                server_config: Default::default(),
+                server_config: c.server_config,
                 error_message: String::new(),
             },
             Err(e) => wire::ConnectResponse {

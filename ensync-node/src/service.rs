@@ -89,6 +89,8 @@ pub struct Connected {
     pub client_hash: String,
     /// The app's configured name.
     pub app_name: String,
+    /// Settings a client may want to know (`heartbeat_interval_ms`, `multiplex`).
+    pub server_config: HashMap<String, String>,
 }
 
 /// A publish request, as the wire carries it.
@@ -178,6 +180,7 @@ pub struct NodeStats {
 /// Settings of the service taken from [`NodeConfig`].
 #[derive(Debug, Clone)]
 struct Settings {
+    heartbeat_interval_ms: u64,
     session_timeout: Duration,
     multiplex: bool,
     max_payload: usize,
@@ -255,7 +258,6 @@ struct WriteReq {
 pub(crate) struct Inner {
     settings: Settings,
     apps: Vec<App>,
-    by_access_key: HashMap<String, usize>,
     by_key: HashMap<[u8; 32], usize>,
     state: Mutex<State>,
     store: RwLock<Option<Arc<dyn Store>>>,
@@ -302,7 +304,6 @@ impl NodeService {
     pub fn new(config: &NodeConfig, store: Arc<dyn Store>) -> Result<Self, crate::NodeError> {
         config.validate()?;
         let mut apps = Vec::new();
-        let mut by_access_key = HashMap::new();
         let mut by_key = HashMap::new();
         let mut by_key_text = HashMap::new();
         for (i, a) in config.apps.iter().enumerate() {
@@ -319,7 +320,6 @@ impl NodeService {
             let send = Permissions::parse(&a.send).map_err(|e| invalid("send", e))?;
             let receive = Permissions::parse(&a.receive).map_err(|e| invalid("receive", e))?;
             let key_text = STANDARD.encode(key);
-            by_access_key.insert(a.access_key.clone(), i);
             by_key.insert(key, i);
             by_key_text.insert(key_text.clone(), i);
             apps.push(App {
@@ -331,6 +331,7 @@ impl NodeService {
             });
         }
         let settings = Settings {
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
             session_timeout: config.session_timeout(),
             multiplex: config.multiplex,
             max_payload: config.max_payload_bytes,
@@ -375,7 +376,6 @@ impl NodeService {
         let inner = Arc::new(Inner {
             settings,
             apps,
-            by_access_key,
             by_key,
             state: Mutex::new(state),
             store: RwLock::new(Some(store.clone())),
@@ -418,11 +418,17 @@ impl NodeService {
 
     /// `Connect`: opens a session for the app with this access key.
     pub fn connect(&self, access_key: &str) -> Result<Connected, ServiceError> {
-        let Some(&app) = self.inner.by_access_key.get(access_key) else {
+        // Compare with every app's key in constant time (no early exit on a match).
+        let mut found = None;
+        for (i, a) in self.inner.apps.iter().enumerate() {
+            if ct_eq(a.access_key.as_bytes(), access_key.as_bytes()) {
+                found = Some(i);
+            }
+        }
+        let Some(app) = found else {
             return Err(ServiceError::InvalidAccessKey);
         };
         let a = &self.inner.apps[app];
-        debug_assert_eq!(a.access_key.as_str(), access_key);
         let id: Arc<str> = Arc::from(random_id().as_str());
         {
             let mut st = lock(&self.inner.state);
@@ -445,6 +451,16 @@ impl NodeService {
             client_id: id.to_string(),
             client_hash: a.key_text.clone(),
             app_name: a.name.clone(),
+            server_config: HashMap::from([
+                (
+                    "heartbeat_interval_ms".to_owned(),
+                    self.inner.settings.heartbeat_interval_ms.to_string(),
+                ),
+                (
+                    "multiplex".to_owned(),
+                    self.inner.settings.multiplex.to_string(),
+                ),
+            ]),
         })
     }
 
@@ -801,6 +817,11 @@ impl NodeService {
             deferred: st.deferred.len(),
         }
     }
+}
+
+/// Constant-time equality of two byte strings (the length is not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1213,7 +1234,10 @@ fn writer_loop(mut rx: mpsc::Receiver<WriteReq>, store: Arc<dyn Store>, inner: W
             }
         }
         let ops: Vec<WriteOp> = batch.iter().map(|r| r.op.clone()).collect();
-        match store.commit(&ops) {
+        let t0 = Instant::now();
+        let res = store.commit(&ops);
+        tracing::trace!(ops = ops.len(), elapsed = ?t0.elapsed(), "group commit");
+        match res {
             Ok(outcomes) => {
                 if let Some(node) = inner.upgrade() {
                     let mut st = lock(&node.state);

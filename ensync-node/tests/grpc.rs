@@ -41,6 +41,12 @@ async fn connect_and_heartbeat() {
     assert_eq!(ok.client_hash, t.key(1));
     assert_eq!(ok.client_id.len(), 32);
     assert!(ok.client_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(
+        ok.server_config
+            .get("heartbeat_interval_ms")
+            .map(String::as_str),
+        Some("30000")
+    );
     // Two sessions of one app get different ids.
     let other = connect(&mut c, &t.dev.apps[1].access_key).await;
     assert_ne!(other, ok.client_id);

@@ -222,13 +222,24 @@ enum OpKind {
     Open,
     Publish,
     Subscribe,
-    Unsubscribe { name: String },
+    /// `cancel`: the subscribe stream to drop once the node answered (dropping it first
+    /// could end the node's subscription before the `Unsubscribe` reaches it).
+    Unsubscribe {
+        name: String,
+        cancel: Option<CallId>,
+    },
     Ack,
     Defer,
     Discard,
-    Replay { key: Option<Arc<SecretKey>> },
-    Pause { name: String },
-    Resume { name: String },
+    Replay {
+        key: Option<Arc<SecretKey>>,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
 }
 
 /// For the internal ops (auto-ack, defer after a failed handler).
@@ -485,7 +496,9 @@ impl Session {
         let blocked_by = self
             .ops
             .iter()
-            .filter(|(_, o)| matches!(&o.kind, OpKind::Unsubscribe { name } if name == event_name))
+            .filter(
+                |(_, o)| matches!(&o.kind, OpKind::Unsubscribe { name, .. } if name == event_name),
+            )
             .map(|(id, _)| *id)
             .next_back();
         let op = self.alloc_op();
@@ -519,9 +532,10 @@ impl Session {
                 message: format!("not subscribed to {event_name}"),
             });
         };
+        // Items and the end of the old stream are ignored from now on; the stream itself
+        // is dropped when the node has answered the `Unsubscribe`.
         if let Some(call) = sub.call {
             self.calls.remove(&call);
-            self.outputs.push_back(Output::CancelStream(call));
         }
         if let Some(op) = sub.pending_op {
             self.finish_op(
@@ -537,6 +551,7 @@ impl Session {
         });
         let kind = OpKind::Unsubscribe {
             name: event_name.to_owned(),
+            cancel: sub.call,
         };
         Ok(self.submit_one(kind, request, now))
     }
@@ -1292,7 +1307,10 @@ impl Session {
                 }
             }
         }
-        if let OpKind::Unsubscribe { name } = &op.kind {
+        if let OpKind::Unsubscribe { name, cancel } = &op.kind {
+            if let Some(call) = cancel {
+                self.outputs.push_back(Output::CancelStream(*call));
+            }
             let unblocked = self
                 .subs
                 .get_mut(name)

@@ -1,0 +1,91 @@
+//! The engine: where the node is and how to reach it.
+
+use std::fmt;
+
+use ensync_proto::url;
+
+use crate::client::Client;
+use crate::driver;
+use crate::error::{EnSyncError, ErrorKind, Result};
+use crate::grpc::GrpcTransport;
+use crate::options::{ClientOptions, EngineOptions};
+
+/// The gRPC engine (the seed README's `EnSyncEngine`): knows the node's address and the
+/// connection options, and creates authenticated [`Client`]s.
+///
+/// URL rules: `grpcs://host[:port]` is TLS (default port 443), `grpc://host[:port]` is
+/// plaintext (default port 50051); without a scheme `localhost`/`127.0.0.1` mean
+/// plaintext on 50051 and any other host TLS on 443; an explicit port always wins.
+///
+/// ```no_run
+/// use ensync_tokio::{ClientOptions, EnSyncEngine};
+///
+/// # async fn f() -> ensync_tokio::Result<()> {
+/// let engine = EnSyncEngine::new("node.ensync.cloud")?; // TLS on 443
+/// let client = engine
+///     .create_client(
+///         &std::env::var("ENSYNC_APP_KEY").unwrap_or_default(),
+///         ClientOptions::default().app_secret_key(std::env::var("ENSYNC_SECRET_KEY").unwrap_or_default()),
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EnSyncEngine {
+    endpoint: url::Endpoint,
+    options: EngineOptions,
+}
+
+impl EnSyncEngine {
+    /// An engine for the node at `url` with default options.
+    pub fn new(url: &str) -> Result<Self> {
+        Self::with_options(url, EngineOptions::default())
+    }
+
+    /// An engine for the node at `url` with `options`.
+    pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
+        let mut endpoint = url::parse_grpc_url(url).map_err(|e| {
+            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
+                .with_source(e)
+        })?;
+        if options.disable_tls {
+            endpoint = endpoint.with_tls(false);
+        }
+        Ok(EnSyncEngine { endpoint, options })
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.endpoint.tls
+    }
+
+    /// The node's `host:port`.
+    pub fn authority(&self) -> String {
+        self.endpoint.authority()
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Connects, authenticates with the app's access key, and returns the client.
+    ///
+    /// Fails with [`ErrorKind::Auth`] (and the node's reason) when the node refuses the
+    /// key, [`ErrorKind::Connection`] when the node cannot be reached, and
+    /// [`ErrorKind::Validation`] for a malformed secret key.
+    pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
+        let transport = GrpcTransport::new(&self.endpoint, &self.options)?;
+        driver::start(transport, app_key, options, &self.options).await
+    }
+}
+
+impl fmt::Debug for EnSyncEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnSyncEngine")
+            .field("authority", &self.endpoint.authority())
+            .field("tls", &self.endpoint.tls)
+            .field("options", &self.options)
+            .finish()
+    }
+}
