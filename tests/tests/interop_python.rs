@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use ensync_tests::report::{self, Column, Outcome, Results, Row};
 use ensync_tests::{PublishedClient, PyDriver, TestApp, driver_config, require_python};
+use ensync_tokio::Client;
+use ensync_tokio::{ClientOptions, EnSyncEngine, Event, PublishOptions, Subscription};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 const SUITE: &str = "interop_python";
@@ -32,12 +35,23 @@ struct Ctx {
     row: &'static str,
     apps: Vec<TestApp>,
     unknown_key: String,
+    /// The node's URL, for our own Rust client.
+    url: String,
+    /// The runtime our Rust client runs on (the node's).
+    rt: tokio::runtime::Handle,
 }
 
 impl Ctx {
     /// An event name unique to this check and client version.
     fn ev(&self, name: &str) -> String {
         format!("interop/{}/{}/{name}", self.client.tag(), self.row)
+    }
+
+    fn app(&self, name: &str) -> Result<&TestApp, String> {
+        self.apps
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| format!("no app {name}"))
     }
 
     fn pk(&self, app: &str) -> String {
@@ -625,6 +639,250 @@ fn check_readme_subscribe(d: &mut PyDriver, c: &Ctx) -> CheckResult {
     Ok("client-side `TypeError` (not awaitable; see below)".into())
 }
 
+// ---- our Rust client (ensync-tokio) with the published client, through our node ---
+
+/// Our client, connected as `app`.
+fn rust_client(c: &Ctx, app: &str) -> Result<Client, String> {
+    let app = c.app(app)?;
+    c.rt.block_on(async {
+        EnSyncEngine::new(&c.url)?
+            .create_client(
+                &app.access_key,
+                ClientOptions::default().app_secret_key(app.secret_key.clone()),
+            )
+            .await
+    })
+    .map_err(|e| format!("our client could not connect: {e}"))
+}
+
+fn rust_subscribe(c: &Ctx, client: &Client, event: &str) -> Result<Subscription, String> {
+    c.rt.block_on(client.subscribe(event))
+        .map_err(|e| format!("our client could not subscribe to {event}: {e}"))
+}
+
+/// The next event on our subscription, within 10 s. Dropping it acks it.
+fn rust_next(c: &Ctx, sub: &mut Subscription) -> Result<Event, String> {
+    // The timer must be created inside the runtime.
+    let next =
+        c.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), sub.next()).await });
+    match next {
+        Ok(Some(ev)) => Ok(ev),
+        Ok(None) => Err(format!("our subscription to {} ended", sub.event_name())),
+        Err(_) => Err(format!(
+            "our client received nothing on {} within 10 s",
+            sub.event_name()
+        )),
+    }
+}
+
+fn rust_publish(
+    c: &Ctx,
+    client: &Client,
+    event: &str,
+    to: &[String],
+    payload: &Value,
+    hybrid: bool,
+) -> Result<Vec<String>, String> {
+    let options = PublishOptions::default()
+        .metadata(json!({"from": "rust"}))
+        .hybrid(hybrid);
+    c.rt.block_on(client.publish_with(event, to, payload, options))
+        .map_err(|e| format!("our client could not publish: {e}"))
+}
+
+fn rust_close(c: &Ctx, client: Client) -> Result<(), String> {
+    c.rt.block_on(client.close())
+        .map_err(|e| format!("our client could not close: {e}"))
+}
+
+fn check_rs_receive(d: &mut PyDriver, c: &Ctx) -> CheckResult {
+    let e = c.ev("to-rust");
+    let ours = rust_client(c, "c")?;
+    let mut sub = rust_subscribe(c, &ours, &e)?;
+    connect(d, "A", "a")?;
+    let payload =
+        json!({"order_id": "order-9", "qty": 3, "price": 1.25, "ok": false, "list": [1, 2]});
+    let metadata = json!({"source": "python"});
+    let answer = d.ok(
+        json!({"op": "publish", "session": "A", "event": e, "to": ["@c"],
+                             "payload": payload, "metadata": metadata}),
+    )?;
+    let ids = idems(&answer);
+    let ev = rust_next(c, &mut sub)?;
+    ensure(ev.payload == payload, || {
+        format!("our client decrypted {} instead of {payload}", ev.payload)
+    })?;
+    ensure(ev.sender == c.pk("a"), || format!("sender {}", ev.sender))?;
+    ensure(ev.metadata == metadata, || {
+        format!("metadata {}", ev.metadata)
+    })?;
+    ensure(ids.first() == Some(&ev.idem), || {
+        format!("idem {} published {ids:?}", ev.idem)
+    })?;
+    ensure(ev.event_name == e, || {
+        format!("event name {}", ev.event_name)
+    })?;
+    drop(ev);
+    drop(sub);
+    rust_close(c, ours)?;
+    Ok(String::new())
+}
+
+fn check_rs_receive_python_hybrid(d: &mut PyDriver, c: &Ctx) -> CheckResult {
+    let e = c.ev("hybrid-to-rust");
+    let ours = rust_client(c, "c")?;
+    let mut sub = rust_subscribe(c, &ours, &e)?;
+    connect(d, "A", "a")?;
+    let payload = json!({"hybrid": "from python", "n": 2});
+    // Two recipients: the published client writes its own hybrid envelope.
+    publish(d, "A", &e, &["@c", "@b"], payload.clone())?;
+    let ev = rust_next(c, &mut sub)?;
+    ensure(ev.payload == payload, || {
+        format!("our client decrypted {} instead of {payload}", ev.payload)
+    })?;
+    ensure(ev.sender == c.pk("a"), || format!("sender {}", ev.sender))?;
+    drop(ev);
+    drop(sub);
+    rust_close(c, ours)?;
+    Ok("our client reads it (keys by hex, boxed raw key)".into())
+}
+
+fn check_rs_send_single(d: &mut PyDriver, c: &Ctx) -> CheckResult {
+    let e = c.ev("from-rust");
+    connect(d, "B", "b")?;
+    subscribe(d, "B", &e, true)?;
+    let ours = rust_client(c, "c")?;
+    let payload = json!({"greeting": "from rust", "n": 1, "big": 3_000_000_000_i64, "x": 0.5, "nested": {"a": [true, null]}});
+    let ids = rust_publish(c, &ours, &e, &[c.pk("b")], &payload, false)?;
+    let evs = wait(d, "B", &e, 1)?;
+    ensure(evs[0]["payload"] == payload, || {
+        format!("the published client decrypted {}", evs[0]["payload"])
+    })?;
+    ensure(evs[0]["sender"] == json!(c.pk("c")), || {
+        format!("sender {}", evs[0]["sender"])
+    })?;
+    ensure(evs[0]["metadata"] == json!({"from": "rust"}), || {
+        format!("metadata {}", evs[0]["metadata"])
+    })?;
+    ensure(evs[0]["idem"] == json!(ids[0]), || {
+        format!("idem {} published {ids:?}", evs[0]["idem"])
+    })?;
+    rust_close(c, ours)?;
+    Ok(String::new())
+}
+
+fn check_rs_send_hybrid(d: &mut PyDriver, c: &Ctx) -> CheckResult {
+    let e = c.ev("hybrid-from-rust");
+    connect(d, "B", "b")?;
+    subscribe(d, "B", &e, true)?;
+    d.ok(json!({"op": "client_log"}))?;
+    let ours = rust_client(c, "c")?;
+    let mut own = rust_subscribe(c, &ours, &e)?;
+    let payload = json!({"hybrid": "from rust"});
+    // To the Python app and to ourselves: one hybrid envelope for both.
+    rust_publish(c, &ours, &e, &[c.pk("b"), c.pk("c")], &payload, true)?;
+    let ev = rust_next(c, &mut own)?;
+    ensure(ev.payload == payload, || {
+        format!("our own hybrid decrypted to {}", ev.payload)
+    })?;
+    drop(ev);
+    wait_log(d, "B", &e, "Failed to decrypt hybrid")?;
+    let handled = quiet(d, "B", &e, 100)?;
+    ensure(handled.is_empty(), || {
+        format!("the published client's handler got {handled:?}")
+    })?;
+    drop(own);
+    rust_close(c, ours)?;
+    Ok("the published client reports a decryption failure (it reads no hybrid); our client reads it".into())
+}
+
+fn check_rs_reply(d: &mut PyDriver, c: &Ctx) -> CheckResult {
+    let (req1, rep1) = (c.ev("req-from-rust"), c.ev("rep-from-python"));
+    let (req2, rep2) = (c.ev("req-from-python"), c.ev("rep-from-rust"));
+    let ours = rust_client(c, "c")?;
+    let mut replies = rust_subscribe(c, &ours, &rep1)?;
+    let mut requests = rust_subscribe(c, &ours, &req2)?;
+    connect(d, "A", "a")?;
+    connect(d, "B", "b")?;
+    let python_reply = json!({"status": "received"});
+    d.ok(
+        json!({"op": "subscribe", "session": "B", "event": req1, "auto_ack": true,
+                "reply": {"event": rep1, "payload": python_reply}}),
+    )?;
+    subscribe(d, "A", &rep2, true)?;
+    // ours -> published -> ours
+    rust_publish(
+        c,
+        &ours,
+        &req1,
+        &[c.pk("b")],
+        &json!({"question": 1}),
+        false,
+    )?;
+    let ev = rust_next(c, &mut replies)?;
+    ensure(ev.payload == python_reply, || {
+        format!("reply payload {}", ev.payload)
+    })?;
+    ensure(ev.sender == c.pk("b"), || {
+        format!("reply sender {}", ev.sender)
+    })?;
+    drop(ev);
+    // published -> ours -> published
+    publish(d, "A", &req2, &["@c"], json!({"question": 2}))?;
+    let ev = rust_next(c, &mut requests)?;
+    ensure(ev.sender == c.pk("a"), || {
+        format!("request sender {}", ev.sender)
+    })?;
+    let our_reply = json!({"answer": 2});
+    rust_publish(
+        c,
+        &ours,
+        &rep2,
+        std::slice::from_ref(&ev.sender),
+        &our_reply,
+        false,
+    )?;
+    drop(ev);
+    let evs = wait(d, "A", &rep2, 1)?;
+    ensure(evs[0]["payload"] == our_reply, || {
+        format!("reply payload {}", evs[0]["payload"])
+    })?;
+    ensure(evs[0]["sender"] == json!(c.pk("c")), || {
+        format!("reply sender {}", evs[0]["sender"])
+    })?;
+    drop((replies, requests));
+    rust_close(c, ours)?;
+    Ok("both directions".into())
+}
+
+fn check_rs_envelope_shapes(d: &mut PyDriver, c: &Ctx) -> CheckResult {
+    let e = c.ev("shapes");
+    let ours = rust_client(c, "c")?;
+    let mut sub = rust_subscribe(c, &ours, &e)?;
+    connect(d, "A", "a")?;
+    let shapes = ["single", "hybrid-go", "hybrid-node", "hybrid-python"];
+    for (n, shape) in shapes.iter().enumerate() {
+        d.ok(
+            json!({"op": "publish_raw", "session": "A", "event": e, "to": "@c", "shape": shape,
+                    "payload": {"shape": shape, "n": n}}),
+        )?;
+    }
+    let mut got = Vec::new();
+    for _ in shapes {
+        let ev = rust_next(c, &mut sub)?;
+        got.push(ev.payload.clone());
+    }
+    for (n, shape) in shapes.iter().enumerate() {
+        let want = json!({"shape": shape, "n": n});
+        ensure(got.contains(&want), || {
+            format!("{shape}: not decrypted; got {got:?}")
+        })?;
+    }
+    drop(sub);
+    rust_close(c, ours)?;
+    Ok("single, Go, Node and Python hybrid shapes".into())
+}
+
 const CHECKS: &[(Row, Scenario)] = &[
     (
         Row {
@@ -747,6 +1005,48 @@ const CHECKS: &[(Row, Scenario)] = &[
     ),
     (
         Row {
+            id: "rsreceive",
+            title: "published client publishes -> our Rust client (`ensync-tokio`) receives and decrypts",
+        },
+        check_rs_receive,
+    ),
+    (
+        Row {
+            id: "rsreceivehybrid",
+            title: "published client's hybrid envelope (2 recipients) -> our Rust client decrypts",
+        },
+        check_rs_receive_python_hybrid,
+    ),
+    (
+        Row {
+            id: "rssend",
+            title: "our Rust client publishes (single envelope) -> published client receives and decrypts",
+        },
+        check_rs_send_single,
+    ),
+    (
+        Row {
+            id: "rssendhybrid",
+            title: "our Rust client publishes a hybrid envelope -> published client",
+        },
+        check_rs_send_hybrid,
+    ),
+    (
+        Row {
+            id: "rsreply",
+            title: "reply to `sender` between our Rust client and the published client",
+        },
+        check_rs_reply,
+    ),
+    (
+        Row {
+            id: "rsshapes",
+            title: "envelopes built with PyNaCl in the single and Go / Node / Python hybrid shapes -> our Rust client decrypts",
+        },
+        check_rs_envelope_shapes,
+    ),
+    (
+        Row {
             id: "pyhybrid",
             title: "the client's own hybrid (2 recipients) envelope through our node",
         },
@@ -802,6 +1102,8 @@ struct Shared {
     config: Value,
     apps: Vec<TestApp>,
     unknown_key: String,
+    url: String,
+    rt: tokio::runtime::Handle,
     results: Mutex<Results>,
 }
 
@@ -825,6 +1127,8 @@ fn run_one(
         row: row.id,
         apps: shared.apps.clone(),
         unknown_key: shared.unknown_key.clone(),
+        url: shared.url.clone(),
+        rt: shared.rt.clone(),
     };
     let result = scenario(&mut d, &ctx);
     collect_workarounds(&d, client.tag(), &shared.results);
@@ -865,6 +1169,8 @@ fn published_python_clients_against_our_node() {
         config: driver_config(&node.url, &node.apps),
         apps: node.apps.clone(),
         unknown_key: ensync_tests::node::unregistered_public_key(),
+        url: node.url.clone(),
+        rt: node.runtime().handle().clone(),
         results: Mutex::new(results),
     });
 
