@@ -56,6 +56,8 @@ pub struct Results {
     pub workarounds: BTreeMap<String, BTreeSet<String>>,
     /// Columns that were skipped (no interpreter), with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Wall time of each cell, `column/row` -> ms (results file only, never the document).
+    pub elapsed_ms: BTreeMap<String, u128>,
 }
 
 impl Results {
@@ -89,6 +91,7 @@ impl Results {
             }).collect::<Vec<_>>(),
             "workarounds": self.workarounds,
             "skipped": self.skipped,
+            "elapsed_ms": self.elapsed_ms,
         })
     }
 

@@ -1194,10 +1194,17 @@ fn published_python_clients_against_our_node() {
                 let Some((client, python, row, scenario)) = job else {
                     break;
                 };
+                let t0 = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     run_one(&python, client, &row, scenario, &shared)
                 }))
                 .unwrap_or_else(|_| Err("the check panicked".into()));
+                if let Ok(mut r) = shared.results.lock() {
+                    r.elapsed_ms.insert(
+                        format!("{}/{}", client.tag(), row.id),
+                        t0.elapsed().as_millis(),
+                    );
+                }
                 let _ = tx.send(Outcome {
                     row: row.id,
                     column: client.tag().into(),
