@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod interop_node;
 pub mod node;
 pub mod report;
 

@@ -1151,7 +1151,7 @@ fn published_python_clients_against_our_node() {
     if clients.is_empty() {
         return;
     }
-    let node = ensync_tests::node::start(3);
+    let node = ensync_tests::interop_node::InteropNode::start(3);
     let results = Results {
         suite: SUITE.into(),
         rows: CHECKS.iter().map(|(r, _)| r.clone()).collect(),
@@ -1168,7 +1168,7 @@ fn published_python_clients_against_our_node() {
     let shared = Arc::new(Shared {
         config: driver_config(&node.url, &node.apps),
         apps: node.apps.clone(),
-        unknown_key: ensync_tests::node::unregistered_public_key(),
+        unknown_key: ensync_tests::interop_node::unregistered_public_key(),
         url: node.url.clone(),
         rt: node.runtime().handle().clone(),
         results: Mutex::new(results),
