@@ -74,3 +74,21 @@ pub use ensync_proto;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// The handles an application shares between tasks must be `Send + Sync`, and the
+    /// client cheap to clone; this fails to compile otherwise.
+    #[test]
+    fn handles_are_thread_safe() {
+        fn shared<T: Send + Sync + 'static>() {}
+        fn cloneable<T: Clone>() {}
+        shared::<crate::Client>();
+        cloneable::<crate::Client>();
+        shared::<crate::EnSyncEngine>();
+        cloneable::<crate::EnSyncEngine>();
+        shared::<crate::Subscription>();
+        shared::<crate::Event>();
+        shared::<crate::EnSyncError>();
+    }
+}
