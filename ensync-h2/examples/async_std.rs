@@ -118,7 +118,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => {
             let dev = ensync_node::dev::DevSetup::generate(1)?;
             let (node, addr) = EmbeddedNode::start(dev.config.clone())?;
-            println!("(ENSYNC_URL is not set: started an embedded node at {addr} on its own thread)");
+            println!(
+                "(ENSYNC_URL is not set: started an embedded node at {addr} on its own thread)"
+            );
             let app = &dev.apps[0];
             let keys = (app.access_key.clone(), app.secret_key().to_owned());
             _node = Some((node, dev));
@@ -131,7 +133,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let options = EngineOptions::default().reconnect_interval(Duration::from_millis(500));
         let engine = EnSyncEngine::with_options(&url, options, async_std_runtime())?;
         let client = engine
-            .create_client(&app_key, ClientOptions::default().app_secret_key(secret_key))
+            .create_client(
+                &app_key,
+                ClientOptions::default().app_secret_key(secret_key),
+            )
             .await?;
         let app_id = client.public_key().to_owned();
 

@@ -418,7 +418,10 @@ impl Driver {
             let _ = io.unbounded_send(Io::Reply(
                 epoch,
                 id,
-                Err(RpcError::new(session::RpcCode::Unavailable, "not connected")),
+                Err(RpcError::new(
+                    session::RpcCode::Unavailable,
+                    "not connected",
+                )),
             ));
             return;
         };

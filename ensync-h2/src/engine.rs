@@ -135,7 +135,14 @@ impl EnSyncEngine {
                 None
             },
         };
-        driver::start(self.runtime.clone(), target, app_key, options, &self.options).await
+        driver::start(
+            self.runtime.clone(),
+            target,
+            app_key,
+            options,
+            &self.options,
+        )
+        .await
     }
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use async_lock::SemaphoreGuardArc;
+use serde::de::DeserializeOwned;
 
 use crate::client::{Control, Op};
 use crate::error::{EnSyncError, ErrorKind, Result};

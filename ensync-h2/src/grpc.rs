@@ -51,7 +51,9 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 
 fn h2_error(e: h2::Error) -> RpcError {
     match e.reason() {
-        Some(h2::Reason::CANCEL) if e.is_reset() => RpcError::new(RpcCode::Cancelled, e.to_string()),
+        Some(h2::Reason::CANCEL) if e.is_reset() => {
+            RpcError::new(RpcCode::Cancelled, e.to_string())
+        }
         _ => unavailable(e),
     }
 }
@@ -125,7 +127,10 @@ pub(crate) async fn start(conn: &Conn, call: &Call) -> Result<Response, RpcError
         .uri(format!("{}{}", conn.base, call.path()))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .header("user-agent", concat!("ensync-h2/", env!("CARGO_PKG_VERSION")))
+        .header(
+            "user-agent",
+            concat!("ensync-h2/", env!("CARGO_PKG_VERSION")),
+        )
         .body(())
         .map_err(internal)?;
     let mut body = BytesMut::new();
@@ -217,7 +222,10 @@ mod tests {
         assert_eq!(error.code, RpcCode::Unimplemented);
         assert_eq!(error.message, "no such method: a b%");
         headers.insert("grpc-status", "x".parse().unwrap());
-        assert_eq!(status(&headers).unwrap().unwrap_err().code, RpcCode::Other(2));
+        assert_eq!(
+            status(&headers).unwrap().unwrap_err().code,
+            RpcCode::Other(2)
+        );
     }
 
     #[test]

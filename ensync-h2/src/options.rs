@@ -75,8 +75,7 @@ impl Default for EngineOptions {
 impl fmt::Debug for EngineOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("EngineOptions");
-        d
-            .field("enable_logging", &self.enable_logging)
+        d.field("enable_logging", &self.enable_logging)
             .field("disable_tls", &self.disable_tls)
             .field("reconnect_interval", &self.reconnect_interval)
             .field("max_reconnect_attempts", &self.max_reconnect_attempts)
