@@ -152,7 +152,7 @@ impl Client {
 
     /// The state now, then each change as it happens (blocking iterator; ends when the
     /// client closes for good).
-    pub fn state_changes(&self) -> impl Iterator<Item = ConnectionState> + Send + 'static {
+    pub fn state_changes(&self) -> impl Iterator<Item = ConnectionState> + Send + use<> {
         futures::executor::block_on_stream(Box::pin(self.inner.client.state_changes()))
     }
 

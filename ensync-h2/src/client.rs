@@ -243,7 +243,7 @@ impl Client {
 
     /// The connection's state now and at every change (connected, reconnecting with
     /// the attempt number, closed with the cause).
-    pub fn state_changes(&self) -> impl Stream<Item = ConnectionState> + Send + 'static {
+    pub fn state_changes(&self) -> impl Stream<Item = ConnectionState> + Send + use<> {
         self.inner.state.changes()
     }
 

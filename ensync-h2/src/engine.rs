@@ -155,3 +155,42 @@ impl fmt::Debug for EnSyncEngine {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Runtime {
+        Runtime::new(
+            |_task| {},
+            |_delay| futures::future::ready(()),
+            |_authority| futures::future::ready(Err::<BoxIo, _>(std::io::Error::other("none"))),
+        )
+    }
+
+    #[test]
+    fn url_rules() {
+        let engine = EnSyncEngine::new("grpc://localhost:1234", runtime()).unwrap();
+        assert_eq!(engine.authority(), "localhost:1234");
+        assert!(!engine.uses_tls());
+        let error = EnSyncEngine::new("ftp://x", runtime()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Validation);
+        let plain = EngineOptions::default().disable_tls(true);
+        let engine = EnSyncEngine::with_options("grpcs://node.example", plain, runtime()).unwrap();
+        assert!(!engine.uses_tls());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_needs_the_feature() {
+        let error = EnSyncEngine::new("grpcs://node.example", runtime()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Validation);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_with_the_feature() {
+        let engine = EnSyncEngine::new("grpcs://node.example", runtime()).unwrap();
+        assert!(engine.uses_tls());
+    }
+}

@@ -53,7 +53,7 @@ impl StateWatch {
     }
 
     /// The current state, then every change; ends when the client stops for good.
-    pub(crate) fn changes(&self) -> impl Stream<Item = ConnectionState> + Send + 'static {
+    pub(crate) fn changes(&self) -> impl Stream<Item = ConnectionState> + Send + use<> {
         let (tx, rx) = mpsc::unbounded();
         let mut inner = self.lock();
         let closed = matches!(inner.current, ConnectionState::Closed { .. });
