@@ -18,13 +18,14 @@
 //! On async-std:
 //!
 //! ```no_run
-//! # #[cfg(any())] mod hidden {
 //! use futures::StreamExt;
 //! use tokio_util::compat::FuturesAsyncReadCompatExt;
 //!
-//! # async fn quick_start() -> ensync_h2::Result<()> {
+//! # async fn quick_start(app_key: &str, secret: &str) -> ensync_h2::Result<()> {
 //! let runtime = ensync_h2::Runtime::new(
-//!     |task| { async_std::task::spawn(task); },
+//!     |task| {
+//!         async_std::task::spawn(task);
+//!     },
 //!     async_std::task::sleep,
 //!     |authority: String| async move {
 //!         Ok(async_std::net::TcpStream::connect(authority).await?.compat())
@@ -32,17 +33,17 @@
 //! );
 //! let engine = ensync_h2::EnSyncEngine::new("grpc://localhost:50051", runtime)?;
 //! let client = engine
-//!     .create_client(&app_key, ensync_h2::ClientOptions::default().app_secret_key(secret))
+//!     .create_client(app_key, ensync_h2::ClientOptions::default().app_secret_key(secret))
 //!     .await?;
 //! let me = client.public_key().to_owned();
-//! client.publish("orders/status/updated", &[me], &serde_json::json!({"order_id": "1"})).await?;
+//! let order = serde_json::json!({"order_id": "1"});
+//! client.publish("orders/status/updated", &[me], &order).await?;
 //! let mut subscription = client.subscribe("orders/status/updated").await?;
 //! if let Some(event) = subscription.next().await {
 //!     println!("{}", event.payload["order_id"]);
 //! }
 //! client.close().await?;
 //! # Ok(()) }
-//! # }
 //! ```
 //!
 //! TLS (rustls, web PKI roots, ALPN `h2`) is behind the `tls` feature.

@@ -4,20 +4,20 @@
 //! caller-provided functions; plain closures work for each:
 //!
 //! ```no_run
-//! # #[cfg(any())] mod hidden {
 //! // async-std, with tokio_util::compat::FuturesAsyncReadCompatExt for the IO traits:
-//! use futures::FutureExt;
 //! use tokio_util::compat::FuturesAsyncReadCompatExt;
+//!
 //! let runtime = ensync_h2::Runtime::new(
-//!     |task| { async_std::task::spawn(task); },
-//!     |delay| async_std::task::sleep(delay),
+//!     |task| {
+//!         async_std::task::spawn(task);
+//!     },
+//!     async_std::task::sleep,
 //!     |authority: String| async move {
 //!         let stream = async_std::net::TcpStream::connect(authority).await?;
 //!         stream.set_nodelay(true)?;
 //!         Ok(stream.compat())
 //!     },
 //! );
-//! # }
 //! ```
 
 use std::fmt;

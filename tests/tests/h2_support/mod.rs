@@ -28,7 +28,16 @@ struct Running {
 impl NodeThread {
     /// Generates `apps` apps and starts a node for them on an ephemeral port.
     pub fn start(apps: usize) -> NodeThread {
-        let dev = DevSetup::generate(apps).expect("dev setup");
+        Self::start_with(apps, |_| {})
+    }
+
+    /// [`NodeThread::start`] with a change to the generated configuration.
+    pub fn start_with(
+        apps: usize,
+        change: impl FnOnce(&mut ensync_node::NodeConfig),
+    ) -> NodeThread {
+        let mut dev = DevSetup::generate(apps).expect("dev setup");
+        change(&mut dev.config);
         let config = dev.config.clone();
         let (running, addr) = run(config);
         NodeThread {
