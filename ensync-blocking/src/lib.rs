@@ -100,7 +100,10 @@ impl Engine {
         )?;
         let client = block_on(engine.create_client(app_key, options))?;
         Ok(Client {
-            inner: Arc::new(Inner { client, worker }),
+            inner: Arc::new(Inner {
+                client,
+                _worker: worker,
+            }),
         })
     }
 }
@@ -117,13 +120,13 @@ impl fmt::Debug for Engine {
 /// What the client's handles share: dropping the last closes and stops the thread.
 struct Inner {
     client: ensync_h2::Client,
-    worker: Worker,
+    _worker: Worker,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = block_on(self.client.close());
-        let _ = &self.worker; // dropped next: stops and joins the thread
+        // `_worker` is dropped next: it stops and joins the thread.
     }
 }
 

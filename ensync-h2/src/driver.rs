@@ -55,7 +55,8 @@ struct Driver {
     target: Target,
     conn: Option<Conn>,
     epoch: u64,
-    tasks: Vec<AbortHandle>,
+    /// The task that opens and then drives the current connection.
+    conn_task: Option<AbortHandle>,
     streams: HashMap<CallId, AbortHandle>,
     io_tx: mpsc::UnboundedSender<Io>,
     io_rx: mpsc::UnboundedReceiver<Io>,
@@ -117,7 +118,7 @@ pub(crate) async fn start(
         target,
         conn: None,
         epoch: 0,
-        tasks: Vec::new(),
+        conn_task: None,
         streams: HashMap::new(),
         io_tx,
         io_rx,
@@ -360,13 +361,11 @@ impl Driver {
         self.permit = None;
     }
 
-    /// Spawns `task` on the caller's executor, abortable with the connection.
-    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+    /// Spawns `task` on the caller's executor; the handle aborts it.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
         let (handle, registration) = AbortHandle::new_pair();
         self.runtime
             .spawn(Abortable::new(task, registration).map(|_| ()));
-        self.tasks.retain(|t| !t.is_aborted());
-        self.tasks.push(handle.clone());
         handle
     }
 
@@ -376,7 +375,7 @@ impl Driver {
         let io = self.io_tx.clone();
         let runtime = self.runtime.clone();
         let target = self.target.clone();
-        self.spawn(async move {
+        self.conn_task = Some(self.spawn(async move {
             let timeout = runtime.sleep(target.connect_timeout);
             let opening = std::pin::pin!(target.open(&runtime));
             let (conn, connection) = match futures::future::select(opening, timeout).await {
@@ -398,16 +397,20 @@ impl Driver {
                 Err(e) => format!("connection lost: {e}"),
             };
             let _ = io.unbounded_send(Io::Lost(epoch, reason));
-        });
+        }));
     }
 
     fn disconnect(&mut self) {
         self.epoch += 1;
         self.conn = None;
-        for task in self.tasks.drain(..) {
+        // Dropping the connection fails every call still waiting on it, so unary call
+        // tasks end by themselves (their replies carry an old epoch and are ignored).
+        if let Some(task) = self.conn_task.take() {
             task.abort();
         }
-        self.streams.clear();
+        for (_, stream) in self.streams.drain() {
+            stream.abort();
+        }
     }
 
     fn call(&mut self, call: Call) {
@@ -460,7 +463,7 @@ impl Driver {
             });
             self.streams.insert(id, handle);
         } else {
-            self.spawn(async move {
+            self.runtime.spawn(async move {
                 let result = grpc::unary(conn, call).await;
                 let _ = io.unbounded_send(Io::Reply(epoch, id, result));
             });
