@@ -1,0 +1,615 @@
+//! The driver: one task per client that owns the core's [`Session`], feeds it what
+//! the transport reports, and does what it asks. All protocol policy (reconnect,
+//! backoff, heartbeats, acks, dialect) is the session's; this loop only does IO.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use async_lock::{Semaphore, SemaphoreGuardArc};
+use ensync_proto::keys::SecretKey;
+use ensync_proto::session::{
+    self, Call, CallId, Input, OpId, OpOutcome, Output, Reply, RpcError, Session, SessionConfig,
+    SessionError, SessionEvent,
+};
+use ensync_proto::wire;
+use futures::channel::{mpsc, oneshot};
+use futures::future::{AbortHandle, Abortable, BoxFuture, Either, Fuse};
+use futures::{FutureExt, StreamExt};
+
+use crate::client::{Client, Command, ConnectionState, Control, Op, Outcome, Shared};
+use crate::engine::Target;
+use crate::error::{EnSyncError, ErrorKind, Result};
+use crate::event::{Event, EventHandle, HandlingGuard};
+use crate::grpc::{self, Conn};
+use crate::options::{ClientOptions, EngineOptions, RpcGeneration};
+use crate::runtime::Runtime;
+use crate::state::StateWatch;
+
+enum Step {
+    Io(Option<Io>),
+    Command(Option<Command>),
+    Timer,
+}
+
+/// What IO tasks report back to the driver. `epoch` names the connection the fact is
+/// about, so facts about a connection already dropped are ignored.
+enum Io {
+    Connected(u64, std::result::Result<Conn, String>),
+    Lost(u64, String),
+    Reply(u64, CallId, std::result::Result<Reply, RpcError>),
+    StreamOpened(u64, CallId),
+    StreamItem(u64, wire::EventStreamResponse, SemaphoreGuardArc),
+    StreamEnded(u64, CallId, Option<RpcError>),
+}
+
+struct Sink {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+struct Driver {
+    session: Session,
+    runtime: Runtime,
+    target: Target,
+    conn: Option<Conn>,
+    epoch: u64,
+    /// The task that opens and then drives the current connection.
+    conn_task: Option<AbortHandle>,
+    streams: HashMap<CallId, AbortHandle>,
+    io_tx: mpsc::UnboundedSender<Io>,
+    io_rx: mpsc::UnboundedReceiver<Io>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shared: Weak<Shared>,
+    ops: HashMap<OpId, oneshot::Sender<Result<Outcome>>>,
+    subscribes: HashMap<OpId, (String, Sink)>,
+    sinks: HashMap<String, Sink>,
+    state: StateWatch,
+    permit: Option<SemaphoreGuardArc>,
+    buffer: usize,
+    logging: bool,
+    closed: bool,
+}
+
+/// Builds the session, starts the driver task, waits for authentication.
+pub(crate) async fn start(
+    runtime: Runtime,
+    target: Target,
+    app_key: &str,
+    client_options: ClientOptions,
+    options: &EngineOptions,
+) -> Result<Client> {
+    let secret = match &client_options.app_secret_key {
+        Some(text) => Some(Arc::new(parse_secret(text)?)),
+        None => None,
+    };
+    let generation = match options.generation {
+        RpcGeneration::Auto => session::GenerationChoice::Auto(session::Generation::Message),
+        RpcGeneration::Event => session::GenerationChoice::Pinned(session::Generation::Event),
+        RpcGeneration::Message => session::GenerationChoice::Pinned(session::Generation::Message),
+    };
+    let mut config = SessionConfig::new(app_key)
+        .reconnect_interval(options.reconnect_interval)
+        .max_reconnect_attempts(options.max_reconnect_attempts)
+        .heartbeat_interval(Some(options.heartbeat_interval))
+        .request_timeout(options.request_timeout)
+        .generation(generation);
+    if let Some(secret) = secret {
+        config = config.secret_key(secret);
+    }
+    let now = Instant::now();
+    let mut session = Session::new(config, now);
+    let open = session.open(now);
+
+    let (tx, commands) = mpsc::unbounded();
+    let (io_tx, io_rx) = mpsc::unbounded();
+    let state = StateWatch::new(ConnectionState::Connecting);
+    let (opened_tx, opened_rx) = oneshot::channel();
+    let shared = Arc::new(Shared {
+        tx,
+        in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+        logging: options.enable_logging,
+        runtime: runtime.clone(),
+    });
+    let mut driver = Driver {
+        session,
+        runtime: runtime.clone(),
+        target,
+        conn: None,
+        epoch: 0,
+        conn_task: None,
+        streams: HashMap::new(),
+        io_tx,
+        io_rx,
+        commands,
+        shared: Arc::downgrade(&shared),
+        ops: HashMap::new(),
+        subscribes: HashMap::new(),
+        sinks: HashMap::new(),
+        state: state.clone(),
+        permit: None,
+        buffer: options.subscription_buffer.max(1),
+        logging: options.enable_logging,
+        closed: false,
+    };
+    driver.ops.insert(open, opened_tx);
+    runtime.spawn(driver.run());
+
+    let control = Control::new(shared);
+    match opened_rx.await {
+        Ok(Ok(Outcome::Opened {
+            client_id,
+            client_hash,
+        })) => Ok(Client::new(control, state, client_id, client_hash)),
+        Ok(Ok(other)) => Err(EnSyncError::new(
+            ErrorKind::Connection,
+            format!("unexpected result {other:?}"),
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(EnSyncError::new(
+            ErrorKind::Connection,
+            "the client stopped",
+        )),
+    }
+}
+
+fn parse_secret(text: &str) -> Result<SecretKey> {
+    SecretKey::from_base64(text).map_err(|e| {
+        EnSyncError::new(ErrorKind::Validation, format!("bad app secret key: {e}")).with_source(e)
+    })
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut timer: Fuse<BoxFuture<'static, ()>> = Fuse::terminated();
+        let mut armed = None;
+        loop {
+            self.drain();
+            if self.closed {
+                break;
+            }
+            let deadline = self.session.poll_timeout();
+            if deadline != armed {
+                armed = deadline;
+                timer = match deadline {
+                    Some(at) => self
+                        .runtime
+                        .sleep(at.saturating_duration_since(Instant::now()))
+                        .fuse(),
+                    None => Fuse::terminated(),
+                };
+            }
+            let step = futures::select_biased! {
+                io = self.io_rx.next() => Step::Io(io),
+                command = self.commands.next() => Step::Command(command),
+                () = timer => Step::Timer,
+            };
+            match step {
+                Step::Io(Some(io)) => self.io(io),
+                Step::Io(None) => {}
+                Step::Command(Some(command)) => self.command(command),
+                // Every client, subscription and event handle is gone.
+                Step::Command(None) => {
+                    let _ = self.session.close(Instant::now());
+                }
+                Step::Timer => {
+                    armed = None;
+                    self.session.handle_timeout(Instant::now());
+                }
+            }
+        }
+        self.disconnect();
+        self.state.finish();
+        for (_, reply) in self.ops.drain() {
+            let _ = reply.send(Err(EnSyncError::new(
+                ErrorKind::Closed,
+                "the client closed",
+            )));
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Op(op, reply) => {
+                let started = self.op(op, now);
+                match started {
+                    Ok(id) => {
+                        self.ops.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(map_error(e)));
+                    }
+                }
+            }
+            Command::Subscribe {
+                event_name,
+                options,
+                sink,
+                reply,
+            } => {
+                let secret = match options.app_secret_key.as_deref().map(parse_secret) {
+                    Some(Ok(key)) => Some(Arc::new(key)),
+                    Some(Err(e)) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                    None => None,
+                };
+                let mut opts = session::SubscribeOptions::default().auto_ack(options.auto_ack);
+                if let Some(secret) = secret {
+                    opts = opts.secret_key(secret);
+                }
+                match self.session.subscribe(&event_name, opts, now) {
+                    Ok(id) => {
+                        self.ops.insert(id, reply);
+                        self.subscribes
+                            .insert(id, (event_name, Sink { events: sink }));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(map_error(e)));
+                    }
+                }
+            }
+            Command::HandlerFinished { token, ok, settled } => {
+                // An event the app settled itself (ack/defer/discard) is finished; the
+                // session takes no automatic action on it.
+                let outcome = if settled || ok {
+                    session::HandlerOutcome::Ok
+                } else {
+                    session::HandlerOutcome::Failed
+                };
+                self.session.handler_finished(token, outcome, now);
+            }
+            Command::Close(reply) => {
+                let id = self.session.close(now);
+                self.ops.insert(id, reply);
+            }
+        }
+    }
+
+    fn op(&mut self, op: Op, now: Instant) -> std::result::Result<OpId, SessionError> {
+        let s = &mut self.session;
+        match op {
+            Op::Publish {
+                event_name,
+                recipients,
+                payload,
+                options,
+            } => s.publish(
+                &event_name,
+                &recipients,
+                &payload,
+                options.metadata.as_ref(),
+                session::PublishOptions::default().hybrid(options.hybrid),
+                now,
+            ),
+            Op::Unsubscribe { event_name } => {
+                self.sinks.remove(&event_name);
+                s.unsubscribe(&event_name, now)
+            }
+            Op::Ack {
+                event_name,
+                idem,
+                block,
+            } => s.ack(&event_name, &idem, block, now),
+            Op::Defer {
+                event_name,
+                idem,
+                delay,
+                reason,
+            } => s.defer(&event_name, &idem, delay, &reason, now),
+            Op::Discard {
+                event_name,
+                idem,
+                reason,
+            } => s.discard(&event_name, &idem, &reason, now),
+            Op::Replay { event_name, idem } => s.replay(&event_name, &idem, now),
+            Op::Pause { event_name, reason } => s.pause(&event_name, &reason, now),
+            Op::Resume { event_name } => s.resume(&event_name, now),
+        }
+    }
+
+    fn io(&mut self, io: Io) {
+        let now = Instant::now();
+        let current = self.epoch;
+        let input = match io {
+            Io::Connected(epoch, _) if epoch != current => return,
+            Io::Connected(_, Ok(conn)) => {
+                self.conn = Some(conn);
+                Input::Connected
+            }
+            Io::Connected(_, Err(reason)) => Input::Disconnected { reason },
+            Io::Lost(epoch, reason) if epoch == current => {
+                self.disconnect();
+                Input::Disconnected { reason }
+            }
+            Io::Reply(epoch, call, result) if epoch == current => Input::Reply { call, result },
+            Io::StreamOpened(epoch, call) if epoch == current => Input::StreamOpened { call },
+            Io::StreamItem(epoch, event, permit) if epoch == current => {
+                self.permit = Some(permit);
+                Input::StreamItem { event }
+            }
+            Io::StreamEnded(epoch, call, error) if epoch == current => {
+                self.streams.remove(&call);
+                Input::StreamEnded { call, error }
+            }
+            _ => return,
+        };
+        self.session.handle_input(input, now);
+    }
+
+    /// Does everything the session asks for, until it asks for nothing.
+    fn drain(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Connect => self.connect(),
+                Output::Disconnect => self.disconnect(),
+                Output::Call(call) => self.call(call),
+                Output::CancelStream(id) => {
+                    if let Some(task) = self.streams.remove(&id) {
+                        task.abort();
+                    }
+                }
+                Output::Event(event) => self.event(event),
+                _ => {}
+            }
+        }
+        // A stream item that produced no delivery (a duplicate, or a name nobody
+        // subscribes to) gives its buffer slot back.
+        self.permit = None;
+    }
+
+    /// Spawns `task` on the caller's executor; the handle aborts it.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+        let (handle, registration) = AbortHandle::new_pair();
+        self.runtime
+            .spawn(Abortable::new(task, registration).map(|_| ()));
+        handle
+    }
+
+    fn connect(&mut self) {
+        self.disconnect();
+        let epoch = self.epoch;
+        let io = self.io_tx.clone();
+        let runtime = self.runtime.clone();
+        let target = self.target.clone();
+        self.conn_task = Some(self.spawn(async move {
+            let timeout = runtime.sleep(target.connect_timeout);
+            let opening = std::pin::pin!(target.open(&runtime));
+            let (conn, connection) = match futures::future::select(opening, timeout).await {
+                Either::Left((Ok(opened), _)) => opened,
+                Either::Left((Err(reason), _)) => {
+                    let _ = io.unbounded_send(Io::Connected(epoch, Err(reason)));
+                    return;
+                }
+                Either::Right(_) => {
+                    let reason = format!("connecting to {} timed out", target.authority);
+                    let _ = io.unbounded_send(Io::Connected(epoch, Err(reason)));
+                    return;
+                }
+            };
+            let _ = io.unbounded_send(Io::Connected(epoch, Ok(conn)));
+            // Drive the HTTP/2 connection until it closes, then report the loss.
+            let reason = match connection.await {
+                Ok(()) => "the node closed the connection".to_owned(),
+                Err(e) => format!("connection lost: {e}"),
+            };
+            let _ = io.unbounded_send(Io::Lost(epoch, reason));
+        }));
+    }
+
+    fn disconnect(&mut self) {
+        self.epoch += 1;
+        self.conn = None;
+        // Dropping the connection fails every call still waiting on it, so unary call
+        // tasks end by themselves (their replies carry an old epoch and are ignored).
+        if let Some(task) = self.conn_task.take() {
+            task.abort();
+        }
+        for (_, stream) in self.streams.drain() {
+            stream.abort();
+        }
+    }
+
+    fn call(&mut self, call: Call) {
+        let epoch = self.epoch;
+        let io = self.io_tx.clone();
+        let id = call.id;
+        let Some(conn) = self.conn.clone() else {
+            let _ = io.unbounded_send(Io::Reply(
+                epoch,
+                id,
+                Err(RpcError::new(
+                    session::RpcCode::Unavailable,
+                    "not connected",
+                )),
+            ));
+            return;
+        };
+        if call.request.is_streaming() {
+            let buffer = Arc::new(Semaphore::new(self.buffer));
+            let handle = self.spawn(async move {
+                let mut response = match grpc::start(&conn, &call).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        let _ = io.unbounded_send(Io::StreamEnded(epoch, id, Some(e)));
+                        return;
+                    }
+                };
+                let _ = io.unbounded_send(Io::StreamOpened(epoch, id));
+                loop {
+                    // Take a buffer slot before reading: a slow consumer stops the
+                    // reading, and HTTP/2 flow control pushes back on the node.
+                    let permit = buffer.acquire_arc().await;
+                    let item = match response.next_message().await {
+                        Ok(Some(bytes)) => grpc::stream_item(&bytes),
+                        Ok(None) => break,
+                        Err(e) => Err(e),
+                    };
+                    match item {
+                        Ok(event) => {
+                            let _ = io.unbounded_send(Io::StreamItem(epoch, event, permit));
+                        }
+                        Err(e) => {
+                            let _ = io.unbounded_send(Io::StreamEnded(epoch, id, Some(e)));
+                            return;
+                        }
+                    }
+                }
+                let error = response.finish().await.err();
+                let _ = io.unbounded_send(Io::StreamEnded(epoch, id, error));
+            });
+            self.streams.insert(id, handle);
+        } else {
+            self.runtime.spawn(async move {
+                let result = grpc::unary(conn, call).await;
+                let _ = io.unbounded_send(Io::Reply(epoch, id, result));
+            });
+        }
+    }
+
+    fn event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::State(state) => self.state_changed(state),
+            SessionEvent::Completed { op, result } => {
+                let subscribed = self.subscribes.remove(&op);
+                if let (Some((name, sink)), Ok(_)) = (subscribed, &result) {
+                    self.sinks.insert(name, sink);
+                }
+                if let Some(reply) = self.ops.remove(&op) {
+                    let _ = reply.send(result.map(outcome).map_err(map_error));
+                }
+            }
+            SessionEvent::Delivery(delivery) => self.deliver(delivery),
+            SessionEvent::DeliveryFailed {
+                event_name,
+                idem,
+                error,
+            } if self.logging => {
+                tracing::warn!(event = %event_name, %idem, %error, "ensync: event could not be read");
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(&mut self, delivery: session::Delivery) {
+        let now = Instant::now();
+        let permit = self.permit.take();
+        let Some(shared) = self.shared.upgrade() else {
+            // No client handle is left: nobody can handle the event.
+            self.session
+                .handler_finished(delivery.token, session::HandlerOutcome::Ok, now);
+            return;
+        };
+        let control = Control::new(shared);
+        let settled = Arc::new(AtomicBool::new(false));
+        let guard = HandlingGuard {
+            control: control.clone(),
+            token: delivery.token,
+            settled: settled.clone(),
+            done: false,
+            _permit: permit,
+        };
+        let event = Event {
+            idem: delivery.idem,
+            event_name: delivery.event_name,
+            block: delivery.block,
+            timestamp: delivery.timestamp,
+            payload: delivery.payload,
+            sender: delivery.sender,
+            metadata: delivery.metadata,
+            handle: Some(EventHandle {
+                control,
+                settled: settled.clone(),
+                guard: Some(guard),
+            }),
+        };
+        let name = event.event_name.clone();
+        let Some(sink) = self.sinks.get(&name) else {
+            settled.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(event);
+            return;
+        };
+        if let Err(error) = sink.events.unbounded_send(event) {
+            let event = error.into_inner();
+            // Nobody receives this subscription's events any more: unsubscribe, and
+            // leave the event unacknowledged for the node to deliver elsewhere.
+            settled.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(event);
+            self.sinks.remove(&name);
+            let _ = self.session.unsubscribe(&name, now);
+        }
+    }
+
+    fn state_changed(&mut self, state: session::ConnectionState) {
+        let (public, closed) = match state {
+            session::ConnectionState::Connecting => (ConnectionState::Connecting, false),
+            session::ConnectionState::Connected { .. } => (ConnectionState::Connected, false),
+            session::ConnectionState::Reconnecting { attempt, delay } => {
+                (ConnectionState::Reconnecting { attempt, delay }, false)
+            }
+            session::ConnectionState::Closed { error } => (
+                ConnectionState::Closed {
+                    reason: error.map(|e| e.to_string()),
+                },
+                true,
+            ),
+            _ => return,
+        };
+        if self.logging {
+            tracing::info!(state = ?public, "ensync: connection state");
+        }
+        self.state.set(public);
+        if closed {
+            // The session completes every op itself; whatever is left when the loop
+            // stops is failed there.
+            self.closed = true;
+        }
+    }
+}
+
+fn outcome(outcome: OpOutcome) -> Outcome {
+    match outcome {
+        OpOutcome::Opened {
+            client_id,
+            client_hash,
+        } => Outcome::Opened {
+            client_id,
+            client_hash,
+        },
+        OpOutcome::Published { ids } => Outcome::Published(ids),
+        OpOutcome::Deferred { delivery_time_ms } => Outcome::Deferred(delivery_time_ms),
+        OpOutcome::Replayed { payload } => Outcome::Replayed(payload),
+        _ => Outcome::Done,
+    }
+}
+
+/// Maps the core's error onto the SDK's error kinds.
+pub(crate) fn map_error(error: SessionError) -> EnSyncError {
+    let kind = match &error {
+        SessionError::Connection { .. } => ErrorKind::Connection,
+        SessionError::Auth { .. } => ErrorKind::Auth,
+        SessionError::Publish { .. } => ErrorKind::Publish,
+        SessionError::Subscription { .. } => ErrorKind::Subscription,
+        SessionError::Ack { .. } => ErrorKind::Ack,
+        SessionError::Defer { .. } => ErrorKind::Defer,
+        SessionError::Discard { .. } => ErrorKind::Discard,
+        SessionError::Replay { .. } => ErrorKind::Replay,
+        SessionError::Pause { .. } => ErrorKind::Pause,
+        SessionError::Continue { .. } => ErrorKind::Continue,
+        SessionError::Validation { .. } => ErrorKind::Validation,
+        SessionError::Decryption { .. } => ErrorKind::Decryption,
+        SessionError::Timeout { .. } => ErrorKind::Timeout,
+        SessionError::Closed => ErrorKind::Closed,
+        SessionError::Unimplemented { .. } => ErrorKind::Unimplemented,
+        _ => ErrorKind::Connection,
+    };
+    let retryable = error.is_retryable();
+    let ids = error.published_ids().to_vec();
+    EnSyncError::new(kind, error.to_string())
+        .retryable(retryable)
+        .with_published_ids(ids)
+        .with_source(error)
+}

@@ -1,0 +1,196 @@
+//! The engine: where the node is and how to reach it.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ensync_proto::url;
+
+use crate::client::Client;
+use crate::driver;
+use crate::error::{EnSyncError, ErrorKind, Result};
+use crate::grpc::{self, Conn};
+use crate::options::{ClientOptions, EngineOptions};
+use crate::runtime::{BoxIo, Runtime};
+
+/// Where and how to open connections to the node.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) authority: String,
+    pub(crate) connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Tls>,
+}
+
+impl Target {
+    /// Opens a connection with the runtime's connector, layers TLS if configured, and
+    /// performs the HTTP/2 handshake.
+    pub(crate) async fn open(
+        &self,
+        runtime: &Runtime,
+    ) -> std::result::Result<(Conn, h2::client::Connection<BoxIo, Bytes>), String> {
+        let io = runtime
+            .connect(self.authority.clone())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let io = tls.wrap(io).await?;
+            return grpc::handshake(io, true, &self.authority).await;
+        }
+        grpc::handshake(io, false, &self.authority).await
+    }
+}
+
+/// The gRPC engine (the seed README's `EnSyncEngine`): knows the node's address, the
+/// connection options and the caller's [`Runtime`], and creates authenticated
+/// [`Client`]s.
+///
+/// URL rules: `grpcs://host[:port]` is TLS (default port 443), `grpc://host[:port]` is
+/// plaintext (default port 50051); without a scheme `localhost`/`127.0.0.1` mean
+/// plaintext on 50051 and any other host TLS on 443; an explicit port always wins.
+///
+/// ```no_run
+/// use ensync_h2::{ClientOptions, EnSyncEngine, Runtime};
+///
+/// # async fn f(runtime: Runtime) -> ensync_h2::Result<()> {
+/// let engine = EnSyncEngine::new("grpc://localhost:50051", runtime)?;
+/// let client = engine
+///     .create_client(
+///         &std::env::var("ENSYNC_APP_KEY").unwrap_or_default(),
+///         ClientOptions::default().app_secret_key(std::env::var("ENSYNC_SECRET_KEY").unwrap_or_default()),
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EnSyncEngine {
+    endpoint: url::Endpoint,
+    options: EngineOptions,
+    runtime: Runtime,
+}
+
+impl EnSyncEngine {
+    /// An engine for the node at `url` with default options, on `runtime`.
+    pub fn new(url: &str, runtime: Runtime) -> Result<Self> {
+        Self::with_options(url, EngineOptions::default(), runtime)
+    }
+
+    /// An engine for the node at `url` with `options`, on `runtime`.
+    ///
+    /// A TLS URL needs the `tls` feature; without it this fails with
+    /// [`ErrorKind::Validation`] (use `grpc://` or [`EngineOptions::disable_tls`]).
+    pub fn with_options(url: &str, options: EngineOptions, runtime: Runtime) -> Result<Self> {
+        let mut endpoint = url::parse_grpc_url(url).map_err(|e| {
+            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
+                .with_source(e)
+        })?;
+        if options.disable_tls {
+            endpoint = endpoint.with_tls(false);
+        }
+        #[cfg(not(feature = "tls"))]
+        if endpoint.tls {
+            return Err(EnSyncError::new(
+                ErrorKind::Validation,
+                format!(
+                    "{url:?} needs TLS: build ensync-h2 with the `tls` feature, or use grpc://"
+                ),
+            ));
+        }
+        Ok(EnSyncEngine {
+            endpoint,
+            options,
+            runtime,
+        })
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.endpoint.tls
+    }
+
+    /// The node's `host:port`.
+    pub fn authority(&self) -> String {
+        self.endpoint.authority()
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Connects, authenticates with the app's access key, and returns the client.
+    ///
+    /// Fails with [`ErrorKind::Auth`] (and the node's reason) when the node refuses the
+    /// key, [`ErrorKind::Connection`] when the node cannot be reached, and
+    /// [`ErrorKind::Validation`] for a malformed secret key.
+    pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
+        let target = Target {
+            authority: self.endpoint.authority(),
+            connect_timeout: self.options.connect_timeout,
+            #[cfg(feature = "tls")]
+            tls: if self.endpoint.tls {
+                Some(crate::tls::Tls::new(&self.endpoint, &self.options)?)
+            } else {
+                None
+            },
+        };
+        driver::start(
+            self.runtime.clone(),
+            target,
+            app_key,
+            options,
+            &self.options,
+        )
+        .await
+    }
+}
+
+impl fmt::Debug for EnSyncEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnSyncEngine")
+            .field("authority", &self.endpoint.authority())
+            .field("tls", &self.endpoint.tls)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Runtime {
+        Runtime::new(
+            |_task| {},
+            |_delay| futures::future::ready(()),
+            |_authority| futures::future::ready(Err::<BoxIo, _>(std::io::Error::other("none"))),
+        )
+    }
+
+    #[test]
+    fn url_rules() {
+        let engine = EnSyncEngine::new("grpc://localhost:1234", runtime()).unwrap();
+        assert_eq!(engine.authority(), "localhost:1234");
+        assert!(!engine.uses_tls());
+        let error = EnSyncEngine::new("ftp://x", runtime()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Validation);
+        let plain = EngineOptions::default().disable_tls(true);
+        let engine = EnSyncEngine::with_options("grpcs://node.example", plain, runtime()).unwrap();
+        assert!(!engine.uses_tls());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_needs_the_feature() {
+        let error = EnSyncEngine::new("grpcs://node.example", runtime()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Validation);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_with_the_feature() {
+        let engine = EnSyncEngine::new("grpcs://node.example", runtime()).unwrap();
+        assert!(engine.uses_tls());
+    }
+}
