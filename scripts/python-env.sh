@@ -3,7 +3,7 @@
 # published clients' crypto) for known-answer checks. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-want="pynacl==1.6.2"
+want="pynacl==1.6.2 ensync-sdk-ws==0.4.3"
 stamp=.venv/.ensync-installed
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
