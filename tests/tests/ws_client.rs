@@ -376,3 +376,50 @@ async fn refused_keys_and_unreachable_nodes_fail_promptly() {
         "ws://localhost:8082/message"
     );
 }
+
+#[tokio::test]
+async fn wss_with_a_custom_ca_and_websocket_level_keepalive() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let t = start(|c| {
+        c.tls_cert = Some(dir.path().join("cert.pem"));
+        c.tls_key = Some(dir.path().join("key.pem"));
+    })
+    .await;
+    let port = t.node.ws_addr().unwrap().port();
+    let url = format!("wss://localhost:{port}");
+
+    // Without trusting the certificate, the handshake fails.
+    let err = EnSyncWebSocketEngine::with_options(&url, options())
+        .unwrap()
+        .create_client(&t.dev.apps[0].access_key, ClientOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ensync_tokio::ErrorKind::Connection, "{err}");
+
+    // Trusting it, and pinging every 100 ms: the node's pongs keep the client connected.
+    let options = options()
+        .ca_certificate_pem(cert.cert.pem())
+        .heartbeat_interval(Duration::from_millis(100));
+    let engine = EnSyncWebSocketEngine::with_options(&url, options).unwrap();
+    assert!(engine.uses_tls());
+    let a = &t.dev.apps[0];
+    let client = engine
+        .create_client(
+            &a.access_key,
+            ClientOptions::default().app_secret_key(a.secret_key()),
+        )
+        .await
+        .expect("wss client");
+    let session = client.client_id().to_owned();
+    let mut sub = client.subscribe("secure").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(t.node.service().heartbeat(&session).is_ok(), "reconnected");
+    client
+        .publish("secure", &[client.public_key()], &json!({"tls": true}))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await.payload, json!({"tls": true}));
+}
