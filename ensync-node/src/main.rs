@@ -1,5 +1,7 @@
 //! The `ensync` command-line tool: `ensync keygen`, `ensync node --config FILE`,
-//! `ensync node --dev`.
+//! `ensync node --dev`, and the client commands `ensync publish` and `ensync subscribe`.
+
+mod cli_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +28,11 @@ enum Command {
     Keygen,
     /// Run an EnSync node.
     Node(NodeArgs),
+    /// Publish events: prints each event's id (one line per recipient and payload).
+    Publish(cli_client::PublishArgs),
+    /// Subscribe to an event name: prints each event as a JSON line
+    /// ({"idem","eventName","block","timestamp","payload","sender","metadata"}).
+    Subscribe(cli_client::SubscribeArgs),
 }
 
 #[derive(Args)]
@@ -62,8 +69,16 @@ fn main() -> ExitCode {
             println!("{out}");
             ExitCode::SUCCESS
         }
+        Command::Publish(args) => {
+            init_logging("warn");
+            cli_client::publish(args)
+        }
+        Command::Subscribe(args) => {
+            init_logging("warn");
+            cli_client::subscribe(args)
+        }
         Command::Node(args) => {
-            init_logging();
+            init_logging("info");
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -86,9 +101,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

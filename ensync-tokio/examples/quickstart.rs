@@ -22,7 +22,7 @@ struct OrderUpdate {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), common::BoxError> {
     // 1. Initialize engine and create client
     let setup = common::setup().await?;
     let client = setup

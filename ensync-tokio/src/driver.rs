@@ -587,8 +587,9 @@ pub(crate) fn map_error(error: SessionError) -> EnSyncError {
     };
     let retryable = error.is_retryable();
     let ids = error.published_ids().to_vec();
-    EnSyncError::new(kind, error.to_string())
+    // The core's text already names the failure; it is the message, not a source, so
+    // error reports do not print it twice.
+    EnSyncError::self_describing(kind, error.to_string())
         .retryable(retryable)
         .with_published_ids(ids)
-        .with_source(error)
 }

@@ -70,6 +70,9 @@ pub struct EnSyncError {
     message: String,
     retryable: bool,
     published_ids: Vec<String>,
+    /// The message already names the failure (it came from the core's own error text),
+    /// so `Display` shows it without the kind in front.
+    self_describing: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -81,7 +84,16 @@ impl EnSyncError {
             message: message.into(),
             retryable: matches!(kind, ErrorKind::Connection | ErrorKind::Timeout),
             published_ids: Vec::new(),
+            self_describing: false,
             source: None,
+        }
+    }
+
+    /// An error whose message already names the failure (the core's error text).
+    pub(crate) fn self_describing(kind: ErrorKind, message: impl Into<String>) -> Self {
+        EnSyncError {
+            self_describing: true,
+            ..EnSyncError::new(kind, message)
         }
     }
 
@@ -143,7 +155,9 @@ impl fmt::Debug for EnSyncError {
 
 impl fmt::Display for EnSyncError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
+        if self.self_describing {
+            f.write_str(&self.message)
+        } else if self.message.is_empty() {
             write!(f, "{}", self.kind)
         } else {
             write!(f, "{}: {}", self.kind, self.message)

@@ -70,3 +70,9 @@ pub use subscription::{HandlerResult, Subscription};
 
 /// The sans-IO core, re-exported for keys and advanced use.
 pub use ensync_proto;
+
+/// The Rust snippets of the top-level README, compiled (and the self-contained ones run)
+/// as doctests, so that the README stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -30,7 +30,8 @@
 //! - A refused access key (`success = false` or `UNAUTHENTICATED` on `Connect`) closes
 //!   the session with [`SessionError::Auth`], on the first open and on a reconnect alike.
 //! - Once connected, a lost connection (transport loss, a failed heartbeat, a subscribe
-//!   stream ending with `UNAVAILABLE`/`INTERNAL`/`UNAUTHENTICATED`) leads to
+//!   stream ending with `UNAVAILABLE`/`INTERNAL`/`UNAUTHENTICATED`, a unary call failing
+//!   with `UNAVAILABLE`) leads to
 //!   [`ConnectionState::Reconnecting`] with the delays of [`backoff_delay`]; after
 //!   `max_reconnect_attempts` failed attempts the session closes with a connection error.
 //!   A reconnect re-sends `Connect`, re-subscribes every subscription, re-pauses paused
@@ -46,6 +47,9 @@
 //! - A subscribe stream that ends cleanly, or with a status that does not mean
 //!   connection loss, is reported as [`SessionEvent::StreamEnded`]; the subscription is
 //!   kept and restored at the next reconnect.
+//! - When the node refuses an operation (`success = false`), a heartbeat is sent at once
+//!   (unless one is in flight): a node that restarted no longer knows the session and
+//!   refuses every call, and the refused heartbeat starts the reconnect.
 //! - Deliveries are routed by their own `event_name`. An event already handed to the
 //!   application (its handler running or finished OK) is never handed over again; if
 //!   it is redelivered after its handler finished OK on an auto-ack subscription, the
@@ -1429,7 +1433,24 @@ impl Session {
                 }),
             },
             CallPurpose::Op { op, part } => {
-                self.handle_op_reply(op, part, entry.generation, result)
+                if let Err(e) = &result {
+                    if e.code == RpcCode::Unavailable && self.is_connected() {
+                        // The transport failed under this call: the connection is gone,
+                        // whether or not a stream or a heartbeat noticed yet. Handle this
+                        // call like every other one in flight (fail or re-queue).
+                        let reason = format!("call failed: {}", e.message);
+                        self.calls.insert(call, entry);
+                        self.connection_lost(reason, now);
+                        return;
+                    }
+                }
+                let refused = matches!(&result, Ok(reply) if reply_refused(reply));
+                self.handle_op_reply(op, part, entry.generation, result);
+                if refused && self.is_connected() && self.heartbeat_call.is_none() {
+                    // A node that restarted no longer knows this session and refuses
+                    // every call; a heartbeat finds out now instead of at its next tick.
+                    self.send_heartbeat(now);
+                }
             }
         }
     }
@@ -1809,6 +1830,22 @@ impl Session {
             timestamp,
             auto_ack,
         }));
+    }
+}
+
+/// Whether the node answered `success = false`.
+fn reply_refused(reply: &Reply) -> bool {
+    match reply {
+        Reply::Connect(r) => !r.success,
+        Reply::Heartbeat(r) => !r.success,
+        Reply::Publish(r) => !r.success,
+        Reply::Unsubscribe(r) => !r.success,
+        Reply::Ack(r) => !r.success,
+        Reply::Defer(r) => !r.success,
+        Reply::Discard(r) => !r.success,
+        Reply::Replay(r) => !r.success,
+        Reply::Pause(r) => !r.success,
+        Reply::Continue(r) => !r.success,
     }
 }
 
