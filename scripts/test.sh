@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/python-env.sh
 export ENSYNC_PYTHON="$PWD/.venv/bin/python"
+export ENSYNC_PYTHON_040="$PWD/.venv-sdk040/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
