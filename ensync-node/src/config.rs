@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Default bound on unacknowledged events handed to one subscription.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Default interval of the WebSocket endpoint's `PING` to a silent connection.
+pub const DEFAULT_WS_PING_INTERVAL_MS: u64 = 30_000;
 /// Default retention of stored events for replay: 7 days.
 pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
@@ -51,7 +53,14 @@ pub struct NodeConfig {
     pub grpc_listen: SocketAddr,
     /// Directory of the durable store (created if missing).
     pub data_dir: PathBuf,
-    /// PEM certificate chain; with `tls_key`, the endpoint serves TLS.
+    /// Address of the WebSocket endpoint (path `/message`, PROTOCOL.md section 3); none
+    /// when unset. Serves TLS (`wss://`) when `tls_cert`/`tls_key` are set.
+    pub ws_listen: Option<SocketAddr>,
+    /// The WebSocket endpoint sends `PING` to a connection that sent nothing for this
+    /// long, in ms; after `heartbeat_misses` unanswered `PING`s the connection is closed
+    /// and its sessions end.
+    pub ws_ping_interval_ms: u64,
+    /// PEM certificate chain; with `tls_key`, the endpoints serve TLS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
@@ -79,6 +88,8 @@ impl Default for NodeConfig {
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./ensync-data"),
+            ws_listen: None,
+            ws_ping_interval_ms: DEFAULT_WS_PING_INTERVAL_MS,
             tls_cert: None,
             tls_key: None,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -241,6 +252,9 @@ impl NodeConfig {
         if self.heartbeat_interval_ms == 0 {
             return Err(field_err("heartbeat_interval_ms", "must be greater than 0"));
         }
+        if self.ws_ping_interval_ms == 0 {
+            return Err(field_err("ws_ping_interval_ms", "must be greater than 0"));
+        }
         if self.heartbeat_misses == 0 {
             return Err(field_err("heartbeat_misses", "must be greater than 0"));
         }
@@ -331,6 +345,12 @@ mod tests {
         assert!(err.to_string().contains("grpc_listen"), "{err}");
         let err = NodeConfig::from_toml_str("bogus = 1").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+        let err = NodeConfig::from_toml_str("ws_ping_interval_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("ws_ping_interval_ms"), "{err}");
+        let err = NodeConfig::from_toml_str("ws_listen = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("ws_listen"), "{err}");
+        let err = NodeConfig::from_toml_str("bogus = 1").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
         let err = NodeConfig::from_toml_str("heartbeat_interval_ms = 0").unwrap_err();
         assert!(err.to_string().contains("heartbeat_interval_ms"), "{err}");
         let err = NodeConfig::from_toml_str(
@@ -357,6 +377,9 @@ mod tests {
         let text = c.to_toml_string().unwrap();
         let back = NodeConfig::from_toml_str(&text).unwrap();
         assert_eq!(back.data_dir, c.data_dir);
+        assert_eq!(back.ws_listen, None);
+        let c = NodeConfig::from_toml_str("ws_listen = \"127.0.0.1:8082\"").unwrap();
+        assert_eq!(c.ws_listen, Some(SocketAddr::from(([127, 0, 0, 1], 8082))));
         assert_eq!(back.apps[0].send, vec!["x/*".to_owned()]);
         assert_eq!(back.apps[0].access_key, "k");
     }

@@ -41,7 +41,8 @@ impl std::fmt::Debug for DevApp {
 #[derive(Debug)]
 pub struct DevSetup {
     /// The node configuration: the apps below (each may send and receive every event
-    /// name), `grpc_listen = 127.0.0.1:0`, the temporary data directory.
+    /// name), `grpc_listen = 127.0.0.1:0`, `ws_listen = 127.0.0.1:0`, the temporary data
+    /// directory.
     pub config: NodeConfig,
     /// The apps, with their secrets.
     pub apps: Vec<DevApp>,
@@ -58,6 +59,7 @@ impl DevSetup {
             .map_err(|e| NodeError::Io(format!("cannot create a temporary directory: {e}")))?;
         let mut config = NodeConfig::new(dir.path());
         config.grpc_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.ws_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let mut apps = Vec::with_capacity(n_apps);
         for i in 1..=n_apps {
             let kp = crate::keys::generate();

@@ -11,6 +11,8 @@
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
 //!   method per operation);
 //! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;
+//! - [`ws`]: the WebSocket endpoint (`/message`, PROTOCOL.md section 3) over the same
+//!   service, when `ws_listen` is set;
 //! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
 //! - [`dev`]: a throw-away configuration with generated apps and keys.
 //!
@@ -33,6 +35,7 @@ pub mod keys;
 pub mod perm;
 pub mod service;
 pub mod store;
+pub mod ws;
 
 /// The tonic server and client stubs of `proto/ensync.proto`, over the message types of
 /// [`ensync_proto::wire`]. Build a client with `EnSyncServiceClient::new(channel)` (the
@@ -110,6 +113,11 @@ impl Node {
                 .map_err(|e| NodeError::Tls(format!("{e}: {:?}", std::error::Error::source(&e))))?;
         }
 
+        let ws_tls = match (&config.ws_listen, &config.tls_cert, &config.tls_key) {
+            (Some(_), Some(cert), Some(key)) => Some(ws::tls_config(cert, key)?),
+            _ => None,
+        };
+
         let store = Arc::new(store::RedbStore::open(&config.data_dir)?);
         let service = NodeService::new(&config, store)?;
         let tasks = service.spawn_background();
@@ -129,6 +137,18 @@ impl Node {
         let grpc_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Io(e.to_string()))?;
+        let ws = match config.ws_listen {
+            Some(addr) => {
+                match ws::WsEndpoint::start(addr, &config, ws_tls, service.clone()).await {
+                    Ok(ws) => Some(ws),
+                    Err(e) => {
+                        service.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
             if let Ok(s) = &s {
                 let _ = s.set_nodelay(true);
@@ -153,6 +173,8 @@ impl Node {
         });
         Ok(RunningNode {
             grpc_addr,
+            ws_addr: ws.as_ref().map(|w| w.addr),
+            ws,
             tls: config.tls_cert.is_some(),
             service,
             stop: Some(stop_tx),
@@ -166,6 +188,8 @@ impl Node {
 /// [`RunningNode::shutdown`].
 pub struct RunningNode {
     grpc_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    ws: Option<ws::WsEndpoint>,
     tls: bool,
     service: NodeService,
     stop: Option<oneshot::Sender<()>>,
@@ -177,6 +201,7 @@ impl std::fmt::Debug for RunningNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningNode")
             .field("grpc_addr", &self.grpc_addr)
+            .field("ws_addr", &self.ws_addr)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -186,6 +211,12 @@ impl RunningNode {
     /// The bound gRPC address (the actual port when the config asked for port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The bound WebSocket address, when `ws_listen` is set (the actual port when the
+    /// config asked for port 0). Clients connect to `ws://<addr>/message` (`wss://` with TLS).
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     /// Whether the endpoint serves TLS.
@@ -208,6 +239,9 @@ impl RunningNode {
     /// open the same data directory.
     pub async fn shutdown(mut self) {
         self.service.close().await;
+        if let Some(mut ws) = self.ws.take() {
+            ws.shutdown().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -24,6 +24,10 @@ use crate::error::{EnSyncError, ErrorKind, Result};
 use crate::event::{Event, EventHandle, HandlingGuard};
 use crate::options::{ClientOptions, EngineOptions, RpcGeneration};
 
+/// One event from a subscribe stream, with the node's log time when the transport
+/// carries it (WebSocket `loggedAt`, epoch ms).
+pub(crate) type StreamItem = (wire::EventStreamResponse, Option<i64>);
+
 /// How the driver reaches a node: gRPC on tonic, or WebSocket.
 pub(crate) trait Transport: Send + Sync + 'static {
     /// An open connection; cheap to clone.
@@ -45,10 +49,20 @@ pub(crate) trait Transport: Send + Sync + 'static {
     ) -> BoxFuture<
         'static,
         std::result::Result<
-            BoxStream<'static, std::result::Result<wire::EventStreamResponse, RpcError>>,
+            BoxStream<'static, std::result::Result<StreamItem, RpcError>>,
             RpcError,
         >,
     >;
+    /// Resolves (with the reason) when an open connection is lost. gRPC never says so
+    /// (tonic channels reconnect by themselves; losses show on streams and heartbeats);
+    /// a WebSocket does.
+    fn closed(&self, _conn: &Self::Conn) -> BoxFuture<'static, String> {
+        Box::pin(std::future::pending())
+    }
+    /// Whether the session sends `Heartbeat` calls (gRPC); the WebSocket node pings instead.
+    fn heartbeats(&self) -> bool {
+        true
+    }
 }
 
 /// What IO tasks report back to the driver. `epoch` names the connection the fact is
@@ -57,7 +71,8 @@ enum Io<C> {
     Connected(u64, std::result::Result<C, String>),
     Reply(u64, CallId, std::result::Result<Reply, RpcError>),
     StreamOpened(u64, CallId),
-    StreamItem(u64, wire::EventStreamResponse, OwnedSemaphorePermit),
+    StreamItem(u64, StreamItem, OwnedSemaphorePermit),
+    Lost(u64, String),
     StreamEnded(u64, CallId, Option<RpcError>),
 }
 
@@ -106,7 +121,7 @@ pub(crate) async fn start<T: Transport>(
     let mut config = SessionConfig::new(app_key)
         .reconnect_interval(options.reconnect_interval)
         .max_reconnect_attempts(options.max_reconnect_attempts)
-        .heartbeat_interval(Some(options.heartbeat_interval))
+        .heartbeat_interval(transport.heartbeats().then_some(options.heartbeat_interval))
         .request_timeout(options.request_timeout)
         .generation(generation);
     if let Some(secret) = secret {
@@ -312,15 +327,24 @@ impl<T: Transport> Driver<T> {
         let input = match io {
             Io::Connected(epoch, _) if epoch != current => return,
             Io::Connected(_, Ok(conn)) => {
+                let lost = self.transport.closed(&conn);
+                let io = self.io_tx.clone();
+                self.tasks.spawn(async move {
+                    let _ = io.send(Io::Lost(current, lost.await));
+                });
                 self.conn = Some(conn);
                 Input::Connected
             }
+            Io::Lost(epoch, reason) if epoch == current => Input::Disconnected { reason },
             Io::Connected(_, Err(reason)) => Input::Disconnected { reason },
             Io::Reply(epoch, call, result) if epoch == current => Input::Reply { call, result },
             Io::StreamOpened(epoch, call) if epoch == current => Input::StreamOpened { call },
-            Io::StreamItem(epoch, event, permit) if epoch == current => {
+            Io::StreamItem(epoch, (event, logged_at), permit) if epoch == current => {
                 self.permit = Some(permit);
-                Input::StreamItem { event }
+                match logged_at {
+                    Some(timestamp) => Input::StreamItemAt { event, timestamp },
+                    None => Input::StreamItem { event },
+                }
             }
             Io::StreamEnded(epoch, call, error) if epoch == current => {
                 self.streams.remove(&call);

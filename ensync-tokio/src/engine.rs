@@ -9,6 +9,7 @@ use crate::driver;
 use crate::error::{EnSyncError, ErrorKind, Result};
 use crate::grpc::GrpcTransport;
 use crate::options::{ClientOptions, EngineOptions};
+use crate::ws::WsTransport;
 
 /// The gRPC engine (the seed README's `EnSyncEngine`): knows the node's address and the
 /// connection options, and creates authenticated [`Client`]s.
@@ -85,6 +86,92 @@ impl fmt::Debug for EnSyncEngine {
         f.debug_struct("EnSyncEngine")
             .field("authority", &self.endpoint.authority())
             .field("tls", &self.endpoint.tls)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The WebSocket engine (the seed README's `EnSyncWebSocketEngine`): the same
+/// [`Client`] as [`EnSyncEngine`], over the node's WebSocket endpoint (`/message`,
+/// text frames) instead of gRPC. Reconnects, resubscribes, acks and everything else
+/// behave the same; events also carry the node's log time ([`Event::timestamp`](crate::Event)).
+///
+/// URL rules: `wss://host[:port]` (or `https://`) is TLS, default port 443;
+/// `ws://host[:port]` (or `http://`) is plaintext, default port 80; without a scheme
+/// `localhost`/`127.0.0.1` mean `ws://…:8082` and any other host `wss://…:443`; an
+/// explicit port always wins; the path is `/message` unless the URL gives one.
+///
+/// Keep-alive: the node sends `PING`, answered with `PONG`; the client also sends a
+/// WebSocket ping every [`EngineOptions::heartbeat_interval`] and treats a node silent
+/// for two intervals as lost.
+///
+/// ```no_run
+/// use ensync_tokio::{ClientOptions, EnSyncWebSocketEngine};
+///
+/// # async fn f() -> ensync_tokio::Result<()> {
+/// let engine = EnSyncWebSocketEngine::new("wss://node.ensync.cloud")?;
+/// let client = engine
+///     .create_client(
+///         &std::env::var("ENSYNC_APP_KEY").unwrap_or_default(),
+///         ClientOptions::default().app_secret_key(std::env::var("ENSYNC_SECRET_KEY").unwrap_or_default()),
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EnSyncWebSocketEngine {
+    endpoint: url::WsEndpoint,
+    options: EngineOptions,
+}
+
+impl EnSyncWebSocketEngine {
+    /// An engine for the node's WebSocket endpoint at `url` with default options.
+    pub fn new(url: &str) -> Result<Self> {
+        Self::with_options(url, EngineOptions::default())
+    }
+
+    /// An engine for the node's WebSocket endpoint at `url` with `options`.
+    pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
+        let mut endpoint = url::parse_ws_url(url).map_err(|e| {
+            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
+                .with_source(e)
+        })?;
+        if options.disable_tls {
+            endpoint = endpoint.with_tls(false);
+        }
+        Ok(EnSyncWebSocketEngine { endpoint, options })
+    }
+
+    /// Whether connections use TLS (`wss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.endpoint.tls
+    }
+
+    /// The URL connections are made to, e.g. `ws://localhost:8082/message`.
+    pub fn url(&self) -> String {
+        self.endpoint.url()
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Connects, authenticates with the app's access key (`CONN`), and returns the client.
+    ///
+    /// Fails like [`EnSyncEngine::create_client`]: [`ErrorKind::Auth`] when the node
+    /// refuses the key, [`ErrorKind::Connection`] when it cannot be reached,
+    /// [`ErrorKind::Validation`] for a malformed secret key or TLS setting.
+    pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
+        let transport = WsTransport::new(&self.endpoint, &self.options)?;
+        driver::start(transport, app_key, options, &self.options).await
+    }
+}
+
+impl fmt::Debug for EnSyncWebSocketEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnSyncWebSocketEngine")
+            .field("url", &self.endpoint.url())
             .field("options", &self.options)
             .finish()
     }

@@ -11,7 +11,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic_prost::ProstCodec;
 
-use crate::driver::Transport;
+use crate::driver::{StreamItem, Transport};
 use crate::error::{EnSyncError, ErrorKind, Result};
 use crate::options::EngineOptions;
 
@@ -136,10 +136,8 @@ impl Transport for GrpcTransport {
         &self,
         conn: &Channel,
         call: Call,
-    ) -> BoxFuture<
-        'static,
-        Result<BoxStream<'static, Result<wire::EventStreamResponse, RpcError>>, RpcError>,
-    > {
+    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<StreamItem, RpcError>>, RpcError>>
+    {
         let channel = conn.clone();
         let path = call.path();
         async move {
@@ -164,7 +162,7 @@ impl Transport for GrpcTransport {
                 .map_err(rpc_error)?;
             Ok(response
                 .into_inner()
-                .map(|item| item.map_err(rpc_error))
+                .map(|item| item.map(|event| (event, None)).map_err(rpc_error))
                 .boxed())
         }
         .boxed()

@@ -46,7 +46,8 @@
 //!
 //! The protocol itself (authentication, heartbeats, reconnect with backoff, restoring
 //! subscriptions, acknowledgements, duplicate suppression, RPC generation) lives in the
-//! sans-IO core [`ensync_proto`]; this crate drives it on tokio with tonic.
+//! sans-IO core [`ensync_proto`]; this crate drives it on tokio with tonic, or over the
+//! node's WebSocket endpoint with [`EnSyncWebSocketEngine`] (same [`Client`], same API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -58,9 +59,10 @@ mod event;
 mod grpc;
 mod options;
 mod subscription;
+mod ws;
 
 pub use client::{Client, ConnectionState};
-pub use engine::EnSyncEngine;
+pub use engine::{EnSyncEngine, EnSyncWebSocketEngine};
 pub use error::{EnSyncError, ErrorKind, Result};
 pub use event::Event;
 pub use options::{ClientOptions, EngineOptions, PublishOptions, RpcGeneration, SubscribeOptions};
