@@ -151,7 +151,10 @@ async fn run_node(args: NodeArgs) -> Result<(), NodeError> {
     let node = Node::start(config).await?;
     let scheme = if node.is_tls() { "grpcs" } else { "grpc" };
     tracing::info!(%scheme, apps, data_dir = %data_dir.display(), "serving");
-    println!("ensync node ready grpc={}", node.grpc_addr());
+    match node.ws_addr() {
+        Some(ws) => println!("ensync node ready grpc={} ws={ws}", node.grpc_addr()),
+        None => println!("ensync node ready grpc={}", node.grpc_addr()),
+    }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 

@@ -52,7 +52,8 @@ impl Proc {
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("no ready line; saw {seen:?}"));
             if let Some(addr) = line.strip_prefix("ensync node ready grpc=") {
-                return (seen, addr.trim().parse().expect("address in ready line"));
+                let addr = addr.split_whitespace().next().unwrap_or_default();
+                return (seen, addr.parse().expect("address in ready line"));
             }
             seen.push(line);
         }

@@ -53,7 +53,8 @@ impl DevNode {
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the node's ready line");
             if let Some(addr) = line.strip_prefix("ensync node ready grpc=") {
-                node.url = format!("grpc://{}", addr.trim());
+                let addr = addr.split_whitespace().next().unwrap_or_default();
+                node.url = format!("grpc://{addr}");
                 assert_eq!(node.apps.len(), 2);
                 return node;
             }
