@@ -1,16 +1,19 @@
 //! The engine: where the node is and how to reach it.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ensync_proto::url;
 
-use crate::client::Client;
-use crate::driver;
-use crate::error::{EnSyncError, ErrorKind, Result};
+use ensync_client::driver::{self, EventStream, Transport};
+use ensync_client::{Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Result};
+use ensync_proto::session::{Call, Reply, RpcError};
+use futures::future::{BoxFuture, Either};
+use futures::{FutureExt, StreamExt};
+
 use crate::grpc::{self, Conn};
-use crate::options::{ClientOptions, EngineOptions};
 use crate::runtime::{BoxIo, Runtime};
 
 /// Where and how to open connections to the node.
@@ -39,6 +42,96 @@ impl Target {
             return grpc::handshake(io, true, &self.authority).await;
         }
         grpc::handshake(io, false, &self.authority).await
+    }
+}
+
+/// The h2 [`Transport`]: connections opened by the caller's [`Runtime`].
+struct H2Transport {
+    runtime: Runtime,
+    target: Target,
+}
+
+/// An open connection: the request handle, and the HTTP/2 connection itself until the
+/// driver starts driving it (in [`Transport::closed`]).
+#[derive(Clone)]
+struct H2Conn {
+    conn: Conn,
+    connection: Arc<Mutex<Option<h2::client::Connection<BoxIo, Bytes>>>>,
+}
+
+impl Transport for H2Transport {
+    type Conn = H2Conn;
+
+    fn connect(&self) -> BoxFuture<'static, std::result::Result<H2Conn, String>> {
+        let runtime = self.runtime.clone();
+        let target = self.target.clone();
+        async move {
+            let timeout = runtime.executor().sleep(target.connect_timeout);
+            let opening = std::pin::pin!(target.open(&runtime));
+            match futures::future::select(opening, timeout).await {
+                Either::Left((Ok((conn, connection)), _)) => Ok(H2Conn {
+                    conn,
+                    connection: Arc::new(Mutex::new(Some(connection))),
+                }),
+                Either::Left((Err(reason), _)) => Err(reason),
+                Either::Right(_) => Err(format!("connecting to {} timed out", target.authority)),
+            }
+        }
+        .boxed()
+    }
+
+    fn unary(
+        &self,
+        conn: &H2Conn,
+        call: Call,
+    ) -> BoxFuture<'static, std::result::Result<Reply, RpcError>> {
+        grpc::unary(conn.conn.clone(), call).boxed()
+    }
+
+    fn subscribe(
+        &self,
+        conn: &H2Conn,
+        call: Call,
+    ) -> BoxFuture<'static, std::result::Result<EventStream, RpcError>> {
+        let conn = conn.conn.clone();
+        async move {
+            let response = grpc::start(&conn, &call).await?;
+            // Reads one message per poll: the driver takes a buffer slot before each
+            // read, so a slow consumer stops the reading and flow control pushes back.
+            let stream = futures::stream::unfold(Some(response), |response| async move {
+                let mut response = response?;
+                let item = match response.next_message().await {
+                    Ok(Some(bytes)) => grpc::stream_item(&bytes),
+                    Ok(None) => return response.finish().await.err().map(|e| (Err(e), None)),
+                    Err(e) => Err(e),
+                };
+                match item {
+                    Ok(event) => Some((Ok((event, None)), Some(response))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    /// Drives the HTTP/2 connection until it closes.
+    fn closed(&self, conn: &H2Conn) -> BoxFuture<'static, String> {
+        let connection = conn
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        async move {
+            let Some(connection) = connection else {
+                return futures::future::pending().await;
+            };
+            match connection.await {
+                Ok(()) => "the node closed the connection".to_owned(),
+                Err(e) => format!("connection lost: {e}"),
+            }
+        }
+        .boxed()
     }
 }
 
@@ -135,9 +228,13 @@ impl EnSyncEngine {
                 None
             },
         };
-        driver::start(
-            self.runtime.clone(),
+        let transport = H2Transport {
+            runtime: self.runtime.clone(),
             target,
+        };
+        driver::start(
+            self.runtime.executor().clone(),
+            transport,
             app_key,
             options,
             &self.options,

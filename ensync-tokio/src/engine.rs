@@ -4,11 +4,12 @@ use std::fmt;
 
 use ensync_proto::url;
 
-use crate::client::Client;
-use crate::driver;
-use crate::error::{EnSyncError, ErrorKind, Result};
+use ensync_client::driver;
+use ensync_client::{
+    Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Executor, Result,
+};
+
 use crate::grpc::GrpcTransport;
-use crate::options::{ClientOptions, EngineOptions};
 use crate::ws::WsTransport;
 
 /// The gRPC engine (the seed README's `EnSyncEngine`): knows the node's address and the
@@ -77,7 +78,7 @@ impl EnSyncEngine {
     /// [`ErrorKind::Validation`] for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let transport = GrpcTransport::new(&self.endpoint, &self.options)?;
-        driver::start(transport, app_key, options, &self.options).await
+        driver::start(executor(), transport, app_key, options, &self.options).await
     }
 }
 
@@ -164,7 +165,7 @@ impl EnSyncWebSocketEngine {
     /// [`ErrorKind::Validation`] for a malformed secret key or TLS setting.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let transport = WsTransport::new(&self.endpoint, &self.options)?;
-        driver::start(transport, app_key, options, &self.options).await
+        driver::start(executor(), transport, app_key, options, &self.options).await
     }
 }
 
@@ -175,4 +176,14 @@ impl fmt::Debug for EnSyncWebSocketEngine {
             .field("options", &self.options)
             .finish()
     }
+}
+
+/// The tokio executor: tasks on the current runtime, tokio's timer.
+fn executor() -> Executor {
+    Executor::new(
+        |task| {
+            tokio::spawn(task);
+        },
+        tokio::time::sleep,
+    )
 }
