@@ -196,6 +196,19 @@ pub async fn start<T: Transport>(
     }
 }
 
+/// The gRPC endpoint an engine connects to: `url` by the gRPC URL rules, plaintext when
+/// the options disable TLS. A malformed URL is an [`ErrorKind::Validation`] error.
+pub fn grpc_endpoint(url: &str, options: &EngineOptions) -> Result<ensync_proto::url::Endpoint> {
+    let endpoint = ensync_proto::url::parse_grpc_url(url).map_err(|e| {
+        EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}")).with_source(e)
+    })?;
+    Ok(if options.disable_tls {
+        endpoint.with_tls(false)
+    } else {
+        endpoint
+    })
+}
+
 fn parse_secret(text: &str) -> Result<SecretKey> {
     SecretKey::from_base64(text).map_err(|e| {
         EnSyncError::new(ErrorKind::Validation, format!("bad app secret key: {e}")).with_source(e)

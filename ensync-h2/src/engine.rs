@@ -8,7 +8,7 @@ use bytes::Bytes;
 use ensync_proto::url;
 
 use ensync_client::driver::{self, EventStream, Transport};
-use ensync_client::{Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Result};
+use ensync_client::{Client, ClientOptions, EngineOptions, Result};
 use ensync_proto::session::{Call, Reply, RpcError};
 use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
@@ -172,19 +172,13 @@ impl EnSyncEngine {
     /// An engine for the node at `url` with `options`, on `runtime`.
     ///
     /// A TLS URL needs the `tls` feature; without it this fails with
-    /// [`ErrorKind::Validation`] (use `grpc://` or [`EngineOptions::disable_tls`]).
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) (use `grpc://` or [`EngineOptions::disable_tls`]).
     pub fn with_options(url: &str, options: EngineOptions, runtime: Runtime) -> Result<Self> {
-        let mut endpoint = url::parse_grpc_url(url).map_err(|e| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
-                .with_source(e)
-        })?;
-        if options.disable_tls {
-            endpoint = endpoint.with_tls(false);
-        }
+        let endpoint = driver::grpc_endpoint(url, &options)?;
         #[cfg(not(feature = "tls"))]
         if endpoint.tls {
-            return Err(EnSyncError::new(
-                ErrorKind::Validation,
+            return Err(ensync_client::EnSyncError::new(
+                ensync_client::ErrorKind::Validation,
                 format!(
                     "{url:?} needs TLS: build ensync-h2 with the `tls` feature, or use grpc://"
                 ),
@@ -214,9 +208,9 @@ impl EnSyncEngine {
 
     /// Connects, authenticates with the app's access key, and returns the client.
     ///
-    /// Fails with [`ErrorKind::Auth`] (and the node's reason) when the node refuses the
-    /// key, [`ErrorKind::Connection`] when the node cannot be reached, and
-    /// [`ErrorKind::Validation`] for a malformed secret key.
+    /// Fails with [`ErrorKind::Auth`](crate::ErrorKind::Auth) (and the node's reason) when the node refuses the
+    /// key, [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the node cannot be reached, and
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let target = Target {
             authority: self.endpoint.authority(),
@@ -256,6 +250,7 @@ impl fmt::Debug for EnSyncEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ensync_client::ErrorKind;
 
     fn runtime() -> Runtime {
         Runtime::new(

@@ -46,13 +46,7 @@ impl EnSyncEngine {
 
     /// An engine for the node at `url` with `options`.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
-        let mut endpoint = url::parse_grpc_url(url).map_err(|e| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
-                .with_source(e)
-        })?;
-        if options.disable_tls {
-            endpoint = endpoint.with_tls(false);
-        }
+        let endpoint = driver::grpc_endpoint(url, &options)?;
         Ok(EnSyncEngine { endpoint, options })
     }
 
