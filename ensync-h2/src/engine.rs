@@ -1,16 +1,19 @@
 //! The engine: where the node is and how to reach it.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ensync_proto::url;
 
-use crate::client::Client;
-use crate::driver;
-use crate::error::{EnSyncError, ErrorKind, Result};
+use ensync_client::driver::{self, EventStream, Transport};
+use ensync_client::{Client, ClientOptions, EngineOptions, Result};
+use ensync_proto::session::{Call, Reply, RpcError};
+use futures::future::{BoxFuture, Either};
+use futures::{FutureExt, StreamExt};
+
 use crate::grpc::{self, Conn};
-use crate::options::{ClientOptions, EngineOptions};
 use crate::runtime::{BoxIo, Runtime};
 
 /// Where and how to open connections to the node.
@@ -39,6 +42,96 @@ impl Target {
             return grpc::handshake(io, true, &self.authority).await;
         }
         grpc::handshake(io, false, &self.authority).await
+    }
+}
+
+/// The h2 [`Transport`]: connections opened by the caller's [`Runtime`].
+struct H2Transport {
+    runtime: Runtime,
+    target: Target,
+}
+
+/// An open connection: the request handle, and the HTTP/2 connection itself until the
+/// driver starts driving it (in [`Transport::closed`]).
+#[derive(Clone)]
+struct H2Conn {
+    conn: Conn,
+    connection: Arc<Mutex<Option<h2::client::Connection<BoxIo, Bytes>>>>,
+}
+
+impl Transport for H2Transport {
+    type Conn = H2Conn;
+
+    fn connect(&self) -> BoxFuture<'static, std::result::Result<H2Conn, String>> {
+        let runtime = self.runtime.clone();
+        let target = self.target.clone();
+        async move {
+            let timeout = runtime.executor().sleep(target.connect_timeout);
+            let opening = std::pin::pin!(target.open(&runtime));
+            match futures::future::select(opening, timeout).await {
+                Either::Left((Ok((conn, connection)), _)) => Ok(H2Conn {
+                    conn,
+                    connection: Arc::new(Mutex::new(Some(connection))),
+                }),
+                Either::Left((Err(reason), _)) => Err(reason),
+                Either::Right(_) => Err(format!("connecting to {} timed out", target.authority)),
+            }
+        }
+        .boxed()
+    }
+
+    fn unary(
+        &self,
+        conn: &H2Conn,
+        call: Call,
+    ) -> BoxFuture<'static, std::result::Result<Reply, RpcError>> {
+        grpc::unary(conn.conn.clone(), call).boxed()
+    }
+
+    fn subscribe(
+        &self,
+        conn: &H2Conn,
+        call: Call,
+    ) -> BoxFuture<'static, std::result::Result<EventStream, RpcError>> {
+        let conn = conn.conn.clone();
+        async move {
+            let response = grpc::start(&conn, &call).await?;
+            // Reads one message per poll: the driver takes a buffer slot before each
+            // read, so a slow consumer stops the reading and flow control pushes back.
+            let stream = futures::stream::unfold(Some(response), |response| async move {
+                let mut response = response?;
+                let item = match response.next_message().await {
+                    Ok(Some(bytes)) => grpc::stream_item(&bytes),
+                    Ok(None) => return response.finish().await.err().map(|e| (Err(e), None)),
+                    Err(e) => Err(e),
+                };
+                match item {
+                    Ok(event) => Some((Ok((event, None)), Some(response))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    /// Drives the HTTP/2 connection until it closes.
+    fn closed(&self, conn: &H2Conn) -> BoxFuture<'static, String> {
+        let connection = conn
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        async move {
+            let Some(connection) = connection else {
+                return futures::future::pending().await;
+            };
+            match connection.await {
+                Ok(()) => "the node closed the connection".to_owned(),
+                Err(e) => format!("connection lost: {e}"),
+            }
+        }
+        .boxed()
     }
 }
 
@@ -79,19 +172,13 @@ impl EnSyncEngine {
     /// An engine for the node at `url` with `options`, on `runtime`.
     ///
     /// A TLS URL needs the `tls` feature; without it this fails with
-    /// [`ErrorKind::Validation`] (use `grpc://` or [`EngineOptions::disable_tls`]).
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) (use `grpc://` or [`EngineOptions::disable_tls`]).
     pub fn with_options(url: &str, options: EngineOptions, runtime: Runtime) -> Result<Self> {
-        let mut endpoint = url::parse_grpc_url(url).map_err(|e| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
-                .with_source(e)
-        })?;
-        if options.disable_tls {
-            endpoint = endpoint.with_tls(false);
-        }
+        let endpoint = driver::grpc_endpoint(url, &options)?;
         #[cfg(not(feature = "tls"))]
         if endpoint.tls {
-            return Err(EnSyncError::new(
-                ErrorKind::Validation,
+            return Err(ensync_client::EnSyncError::new(
+                ensync_client::ErrorKind::Validation,
                 format!(
                     "{url:?} needs TLS: build ensync-h2 with the `tls` feature, or use grpc://"
                 ),
@@ -121,9 +208,9 @@ impl EnSyncEngine {
 
     /// Connects, authenticates with the app's access key, and returns the client.
     ///
-    /// Fails with [`ErrorKind::Auth`] (and the node's reason) when the node refuses the
-    /// key, [`ErrorKind::Connection`] when the node cannot be reached, and
-    /// [`ErrorKind::Validation`] for a malformed secret key.
+    /// Fails with [`ErrorKind::Auth`](crate::ErrorKind::Auth) (and the node's reason) when the node refuses the
+    /// key, [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the node cannot be reached, and
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let target = Target {
             authority: self.endpoint.authority(),
@@ -135,9 +222,13 @@ impl EnSyncEngine {
                 None
             },
         };
-        driver::start(
-            self.runtime.clone(),
+        let transport = H2Transport {
+            runtime: self.runtime.clone(),
             target,
+        };
+        driver::start(
+            self.runtime.executor().clone(),
+            transport,
             app_key,
             options,
             &self.options,
@@ -159,6 +250,7 @@ impl fmt::Debug for EnSyncEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ensync_client::ErrorKind;
 
     fn runtime() -> Runtime {
         Runtime::new(

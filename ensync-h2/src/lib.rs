@@ -50,26 +50,18 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod client;
-mod driver;
 mod engine;
-mod error;
-mod event;
 mod grpc;
-mod options;
 mod runtime;
-mod state;
-mod subscription;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use client::{Client, ConnectionState};
 pub use engine::EnSyncEngine;
-pub use error::{EnSyncError, ErrorKind, Result};
-pub use event::Event;
-pub use options::{ClientOptions, EngineOptions, PublishOptions, RpcGeneration, SubscribeOptions};
+pub use ensync_client::{
+    Client, ClientOptions, ConnectionState, EnSyncError, EngineOptions, ErrorKind, Event,
+    HandlerResult, PublishOptions, Result, RpcGeneration, SubscribeOptions, Subscription,
+};
 pub use runtime::{BoxIo, Connect, Io, Runtime, Sleep, Spawn};
-pub use subscription::{HandlerResult, Subscription};
 
 /// The sans-IO core, re-exported for keys and advanced use.
 pub use ensync_proto;

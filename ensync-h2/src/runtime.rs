@@ -24,8 +24,8 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
+use ensync_client::Executor;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio_io::io::{AsyncRead, AsyncWrite};
@@ -39,33 +39,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// A type-erased [`Io`].
 pub type BoxIo = Box<dyn Io>;
 
-/// Runs a future to completion in the background on the caller's executor.
-pub trait Spawn: Send + Sync + 'static {
-    /// Starts `task`; it must be polled until it completes.
-    fn spawn(&self, task: BoxFuture<'static, ()>);
-}
-
-impl<F: Fn(BoxFuture<'static, ()>) + Send + Sync + 'static> Spawn for F {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        self(task)
-    }
-}
-
-/// The caller's timer.
-pub trait Sleep: Send + Sync + 'static {
-    /// A future that completes after `delay`.
-    fn sleep(&self, delay: Duration) -> BoxFuture<'static, ()>;
-}
-
-impl<F, Fut> Sleep for F
-where
-    F: Fn(Duration) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    fn sleep(&self, delay: Duration) -> BoxFuture<'static, ()> {
-        self(delay).boxed()
-    }
-}
+pub use ensync_client::{Sleep, Spawn};
 
 /// Opens a new connection to the node at `authority` (`host:port`): called for the
 /// first connection and again for each reconnect attempt.
@@ -91,8 +65,7 @@ where
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
-    spawn: Arc<dyn Spawn>,
-    sleep: Arc<dyn Sleep>,
+    executor: Executor,
     connect: Arc<dyn Connect>,
 }
 
@@ -100,18 +73,13 @@ impl Runtime {
     /// Bundles a spawner, a timer and a connector (closures work for each).
     pub fn new(spawn: impl Spawn, sleep: impl Sleep, connect: impl Connect) -> Self {
         Runtime {
-            spawn: Arc::new(spawn),
-            sleep: Arc::new(sleep),
+            executor: Executor::new(spawn, sleep),
             connect: Arc::new(connect),
         }
     }
 
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.spawn.spawn(task.boxed());
-    }
-
-    pub(crate) fn sleep(&self, delay: Duration) -> BoxFuture<'static, ()> {
-        self.sleep.sleep(delay)
+    pub(crate) fn executor(&self) -> &Executor {
+        &self.executor
     }
 
     pub(crate) fn connect(&self, authority: String) -> BoxFuture<'static, io::Result<BoxIo>> {

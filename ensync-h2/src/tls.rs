@@ -6,9 +6,9 @@ use ensync_proto::url;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types};
 
-use crate::error::{EnSyncError, ErrorKind, Result};
-use crate::options::EngineOptions;
 use crate::runtime::BoxIo;
+use ensync_client::EngineOptions;
+use ensync_client::{EnSyncError, ErrorKind, Result};
 
 /// A TLS client configuration and the name to check the node's certificate against.
 #[derive(Clone)]

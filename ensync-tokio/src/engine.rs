@@ -4,11 +4,12 @@ use std::fmt;
 
 use ensync_proto::url;
 
-use crate::client::Client;
-use crate::driver;
-use crate::error::{EnSyncError, ErrorKind, Result};
+use ensync_client::driver;
+use ensync_client::{
+    Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Executor, Result,
+};
+
 use crate::grpc::GrpcTransport;
-use crate::options::{ClientOptions, EngineOptions};
 use crate::ws::WsTransport;
 
 /// The gRPC engine (the seed README's `EnSyncEngine`): knows the node's address and the
@@ -45,13 +46,7 @@ impl EnSyncEngine {
 
     /// An engine for the node at `url` with `options`.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
-        let mut endpoint = url::parse_grpc_url(url).map_err(|e| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
-                .with_source(e)
-        })?;
-        if options.disable_tls {
-            endpoint = endpoint.with_tls(false);
-        }
+        let endpoint = driver::grpc_endpoint(url, &options)?;
         Ok(EnSyncEngine { endpoint, options })
     }
 
@@ -77,7 +72,7 @@ impl EnSyncEngine {
     /// [`ErrorKind::Validation`] for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let transport = GrpcTransport::new(&self.endpoint, &self.options)?;
-        driver::start(transport, app_key, options, &self.options).await
+        driver::start(executor(), transport, app_key, options, &self.options).await
     }
 }
 
@@ -164,7 +159,7 @@ impl EnSyncWebSocketEngine {
     /// [`ErrorKind::Validation`] for a malformed secret key or TLS setting.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let transport = WsTransport::new(&self.endpoint, &self.options)?;
-        driver::start(transport, app_key, options, &self.options).await
+        driver::start(executor(), transport, app_key, options, &self.options).await
     }
 }
 
@@ -175,4 +170,14 @@ impl fmt::Debug for EnSyncWebSocketEngine {
             .field("options", &self.options)
             .finish()
     }
+}
+
+/// The tokio executor: tasks on the current runtime, tokio's timer.
+fn executor() -> Executor {
+    Executor::new(
+        |task| {
+            tokio::spawn(task);
+        },
+        tokio::time::sleep,
+    )
 }

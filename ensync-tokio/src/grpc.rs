@@ -11,9 +11,9 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic_prost::ProstCodec;
 
-use crate::driver::{StreamItem, Transport};
-use crate::error::{EnSyncError, ErrorKind, Result};
-use crate::options::EngineOptions;
+use ensync_client::EngineOptions;
+use ensync_client::{EnSyncError, ErrorKind, Result};
+use ensync_client::{StreamItem, Transport};
 
 /// Opens tonic channels to one node.
 pub(crate) struct GrpcTransport {

@@ -51,22 +51,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod client;
-mod driver;
 mod engine;
-mod error;
-mod event;
 mod grpc;
-mod options;
-mod subscription;
 mod ws;
 
-pub use client::{Client, ConnectionState};
 pub use engine::{EnSyncEngine, EnSyncWebSocketEngine};
-pub use error::{EnSyncError, ErrorKind, Result};
-pub use event::Event;
-pub use options::{ClientOptions, EngineOptions, PublishOptions, RpcGeneration, SubscribeOptions};
-pub use subscription::{HandlerResult, Subscription};
+pub use ensync_client::{
+    Client, ClientOptions, ConnectionState, EnSyncError, EngineOptions, ErrorKind, Event,
+    HandlerResult, PublishOptions, Result, RpcGeneration, SubscribeOptions, Subscription,
+};
 
 /// The sans-IO core, re-exported for keys and advanced use.
 pub use ensync_proto;

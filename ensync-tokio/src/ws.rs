@@ -35,9 +35,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::driver::{StreamItem, Transport};
-use crate::error::{EnSyncError, ErrorKind, Result};
-use crate::options::EngineOptions;
+use ensync_client::EngineOptions;
+use ensync_client::{EnSyncError, ErrorKind, Result};
+use ensync_client::{StreamItem, Transport};
 
 /// The least number of events one subscribe stream buffers before the connection is
 /// considered overrun.

@@ -4,14 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_lock::Semaphore;
 use futures::Stream;
+use futures::channel::{mpsc, oneshot};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tokio_stream::wrappers::WatchStream;
 
 use crate::error::{EnSyncError, ErrorKind, Result};
 use crate::event::Event;
 use crate::options::{PublishOptions, SubscribeOptions};
+use crate::runtime::Executor;
+use crate::state::StateWatch;
 use crate::subscription::Subscription;
 
 /// The state of a client's connection, observable through [`Client::state`] and
@@ -128,29 +130,32 @@ fn closed() -> EnSyncError {
     EnSyncError::new(ErrorKind::Closed, "the client is closed")
 }
 
+/// What every API-side handle shares. The driver holds it weakly: once the last client,
+/// subscription and event is gone, the command channel closes and the driver stops.
+pub(crate) struct Shared {
+    pub(crate) tx: mpsc::UnboundedSender<Command>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) logging: bool,
+    pub(crate) runtime: Executor,
+}
+
 /// The API side's handle on the driver task.
 #[derive(Clone)]
 pub(crate) struct Control {
-    tx: mpsc::UnboundedSender<Command>,
-    in_flight: Arc<Semaphore>,
-    logging: bool,
+    shared: Arc<Shared>,
 }
 
 impl Control {
-    pub(crate) fn new(
-        tx: mpsc::UnboundedSender<Command>,
-        in_flight: Arc<Semaphore>,
-        logging: bool,
-    ) -> Self {
-        Control {
-            tx,
-            in_flight,
-            logging,
-        }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Control { shared }
     }
 
     pub(crate) fn logging(&self) -> bool {
-        self.logging
+        self.shared.logging
+    }
+
+    pub(crate) fn runtime(&self) -> &Executor {
+        &self.shared.runtime
     }
 
     /// Sends a command and waits for its result, holding an in-flight permit meanwhile.
@@ -158,9 +163,12 @@ impl Control {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<Outcome>>) -> Command,
     ) -> Result<Outcome> {
-        let _permit = self.in_flight.acquire().await.map_err(|_| closed())?;
+        let _permit = self.shared.in_flight.acquire().await;
         let (reply, result) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| closed())?;
+        self.shared
+            .tx
+            .unbounded_send(make(reply))
+            .map_err(|_| closed())?;
         result.await.map_err(|_| closed())?
     }
 
@@ -176,20 +184,21 @@ impl Control {
     ) {
         // The driver being gone means the client is closed: nothing left to report to.
         let _ = self
+            .shared
             .tx
-            .send(Command::HandlerFinished { token, ok, settled });
+            .unbounded_send(Command::HandlerFinished { token, ok, settled });
     }
 }
 
 struct ClientInner {
     control: Control,
-    state: watch::Receiver<ConnectionState>,
+    state: StateWatch,
     client_id: String,
     client_hash: String,
 }
 
 /// An authenticated EnSync client, from
-/// [`EnSyncEngine::create_client`](crate::EnSyncEngine::create_client).
+/// `EnSyncEngine::create_client`.
 ///
 /// Cheap to clone (`Clone + Send + Sync`); all clones share one connection, and many
 /// calls may be in flight on it at once. The connection closes with
@@ -202,7 +211,7 @@ pub struct Client {
 impl Client {
     pub(crate) fn new(
         control: Control,
-        state: watch::Receiver<ConnectionState>,
+        state: StateWatch,
         client_id: String,
         client_hash: String,
     ) -> Self {
@@ -229,13 +238,13 @@ impl Client {
 
     /// The connection's current state.
     pub fn state(&self) -> ConnectionState {
-        self.inner.state.borrow().clone()
+        self.inner.state.get()
     }
 
     /// The connection's state now and at every change (connected, reconnecting with
     /// the attempt number, closed with the cause).
-    pub fn state_changes(&self) -> impl Stream<Item = ConnectionState> + Send + 'static {
-        WatchStream::new(self.inner.state.clone())
+    pub fn state_changes(&self) -> impl Stream<Item = ConnectionState> + Send + use<> {
+        self.inner.state.changes()
     }
 
     /// Publishes `payload` (any `Serialize` value that is a JSON object) under
@@ -243,7 +252,7 @@ impl Client {
     /// encrypted for each. Returns the event ids, one per recipient, in order.
     ///
     /// ```no_run
-    /// # async fn f(client: ensync_tokio::Client, app_id: &str) -> ensync_tokio::Result<()> {
+    /// # async fn f(client: ensync_client::Client, app_id: &str) -> ensync_client::Result<()> {
     /// let ids = client
     ///     .publish(
     ///         "orders/status/updated",
@@ -319,7 +328,7 @@ impl Client {
         event_name: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        let (sink, events) = mpsc::unbounded_channel();
+        let (sink, events) = mpsc::unbounded();
         let event_name = event_name.to_owned();
         self.inner
             .control
@@ -340,7 +349,14 @@ impl Client {
     /// Closes the connection. Calls still waiting fail with [`ErrorKind::Closed`].
     pub async fn close(&self) -> Result<()> {
         let (reply, result) = oneshot::channel();
-        if self.inner.control.tx.send(Command::Close(reply)).is_err() {
+        if self
+            .inner
+            .control
+            .shared
+            .tx
+            .unbounded_send(Command::Close(reply))
+            .is_err()
+        {
             return Ok(()); // already closed
         }
         match result.await {
@@ -364,7 +380,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("public_key", &self.inner.client_hash)
-            .field("state", &*self.inner.state.borrow())
+            .field("state", &self.inner.state.get())
             .finish_non_exhaustive()
     }
 }

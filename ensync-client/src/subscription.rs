@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use futures::channel::mpsc;
+use futures::future::{AbortHandle, Abortable};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::client::{Control, Op};
 use crate::error::{EnSyncError, ErrorKind, Result};
@@ -20,7 +20,7 @@ use crate::event::Event;
 /// It is a [`Stream`] of [`Event`]s:
 ///
 /// ```no_run
-/// # async fn f(client: ensync_tokio::Client) -> ensync_tokio::Result<()> {
+/// # async fn f(client: ensync_client::Client) -> ensync_client::Result<()> {
 /// use futures::StreamExt;
 /// let mut subscription = client.subscribe("orders/status/updated").await?;
 /// while let Some(event) = subscription.next().await {
@@ -33,7 +33,7 @@ use crate::event::Event;
 /// or runs a handler for each event, as in the seed README:
 ///
 /// ```no_run
-/// # async fn f(client: ensync_tokio::Client) -> ensync_tokio::Result<()> {
+/// # async fn f(client: ensync_client::Client) -> ensync_client::Result<()> {
 /// let mut subscription = client.subscribe("orders/status/updated").await?;
 /// subscription.on(|event| async move {
 ///     println!("order update: {}", event.payload["order_id"]);
@@ -47,7 +47,7 @@ pub struct Subscription {
     event_name: String,
     control: Control,
     events: Option<mpsc::UnboundedReceiver<Event>>,
-    handler: Option<JoinHandle<()>>,
+    handler: Option<AbortHandle>,
 }
 
 /// What a handler given to [`Subscription::on`] may return: `()` (always a success) or a
@@ -89,7 +89,7 @@ impl Subscription {
     }
 
     /// Runs `handler` for each event, one at a time in delivery order, on a task of its
-    /// own. The handler may return `()` or a `Result<(), E>`; on an auto-ack subscription
+    /// own (started with the [`Executor`](crate::Executor)'s spawner). The handler may return `()` or a `Result<(), E>`; on an auto-ack subscription
     /// the event is acknowledged after it returns successfully. An `Err` or a panic leaves
     /// the event unacknowledged (it is delivered again) and the next event is handled.
     ///
@@ -106,8 +106,10 @@ impl Subscription {
         };
         let log = self.control.logging();
         let name = self.event_name.clone();
-        self.handler = Some(tokio::spawn(async move {
-            while let Some(mut event) = events.recv().await {
+        let (abort, registration) = AbortHandle::new_pair();
+        self.handler = Some(abort);
+        let task = async move {
+            while let Some(mut event) = events.next().await {
                 let guard = event.take_guard();
                 let idem = event.idem.clone();
                 let result = AssertUnwindSafe(handler(event)).catch_unwind().await;
@@ -132,7 +134,10 @@ impl Subscription {
                     guard.finish(ok);
                 }
             }
-        }));
+        };
+        self.control
+            .runtime()
+            .spawn(Abortable::new(task, registration).map(|_| ()));
     }
 
     async fn op(&self, op: Op) -> Result<crate::client::Outcome> {
@@ -230,7 +235,7 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         match self.events.as_mut() {
-            Some(events) => events.poll_recv(cx),
+            Some(events) => events.poll_next_unpin(cx),
             None => Poll::Ready(None),
         }
     }

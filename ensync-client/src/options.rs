@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use ensync_tokio::EngineOptions;
+//! use ensync_client::EngineOptions;
 //!
 //! let options = EngineOptions::default()
 //!     .enable_logging(true)
@@ -31,22 +31,35 @@ pub enum RpcGeneration {
     Message,
 }
 
-/// Options of an [`EnSyncEngine`](crate::EnSyncEngine) (the seed README's engine options,
+/// Options of an `EnSyncEngine` (the seed README's engine options,
 /// plus the ones a Rust service needs).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct EngineOptions {
-    pub(crate) enable_logging: bool,
-    pub(crate) disable_tls: bool,
-    pub(crate) reconnect_interval: Duration,
-    pub(crate) max_reconnect_attempts: u32,
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) request_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) generation: RpcGeneration,
-    pub(crate) ca_certificate_pem: Option<Vec<u8>>,
-    pub(crate) tls_domain: Option<String>,
-    pub(crate) max_in_flight: usize,
-    pub(crate) subscription_buffer: usize,
+    #[doc(hidden)]
+    pub enable_logging: bool,
+    #[doc(hidden)]
+    pub disable_tls: bool,
+    #[doc(hidden)]
+    pub reconnect_interval: Duration,
+    #[doc(hidden)]
+    pub max_reconnect_attempts: u32,
+    #[doc(hidden)]
+    pub heartbeat_interval: Duration,
+    #[doc(hidden)]
+    pub request_timeout: Duration,
+    #[doc(hidden)]
+    pub connect_timeout: Duration,
+    #[doc(hidden)]
+    pub generation: RpcGeneration,
+    #[doc(hidden)]
+    pub ca_certificate_pem: Option<Vec<u8>>,
+    #[doc(hidden)]
+    pub tls_domain: Option<String>,
+    #[doc(hidden)]
+    pub max_in_flight: usize,
+    #[doc(hidden)]
+    pub subscription_buffer: usize,
 }
 
 impl Default for EngineOptions {
@@ -151,10 +164,12 @@ impl EngineOptions {
     }
 }
 
-/// Options of [`EnSyncEngine::create_client`](crate::EnSyncEngine::create_client).
+/// Options of `EnSyncEngine::create_client`.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct ClientOptions {
-    pub(crate) app_secret_key: Option<String>,
+    #[doc(hidden)]
+    pub app_secret_key: Option<String>,
 }
 
 impl ClientOptions {
@@ -180,9 +195,12 @@ impl fmt::Debug for ClientOptions {
 
 /// Options of [`Client::subscribe_with`](crate::Client::subscribe_with).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SubscribeOptions {
-    pub(crate) auto_ack: bool,
-    pub(crate) app_secret_key: Option<String>,
+    #[doc(hidden)]
+    pub auto_ack: bool,
+    #[doc(hidden)]
+    pub app_secret_key: Option<String>,
 }
 
 impl Default for SubscribeOptions {
@@ -226,9 +244,12 @@ impl fmt::Debug for SubscribeOptions {
 
 /// Options of [`Client::publish_with`](crate::Client::publish_with).
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PublishOptions {
-    pub(crate) metadata: Option<serde_json::Value>,
-    pub(crate) hybrid: bool,
+    #[doc(hidden)]
+    pub metadata: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub hybrid: bool,
 }
 
 impl PublishOptions {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_lock::SemaphoreGuardArc;
 use serde::de::DeserializeOwned;
 
 use crate::client::{Control, Op};
@@ -59,7 +58,7 @@ pub(crate) struct HandlingGuard {
     pub(crate) token: ensync_proto::session::DeliveryToken,
     pub(crate) settled: Arc<AtomicBool>,
     pub(crate) done: bool,
-    pub(crate) _permit: Option<SemaphoreGuardArc>,
+    pub(crate) _permit: Option<async_lock::SemaphoreGuardArc>,
 }
 
 impl HandlingGuard {
@@ -89,7 +88,7 @@ impl Event {
     /// Deserializes the payload into `T`.
     ///
     /// ```
-    /// # fn f(event: ensync_h2::Event) -> Result<(), serde_json::Error> {
+    /// # fn f(event: ensync_client::Event) -> Result<(), serde_json::Error> {
     /// #[derive(serde::Deserialize)]
     /// struct OrderUpdate { order_id: String, status: String }
     /// let update: OrderUpdate = event.payload_as()?;

@@ -90,7 +90,8 @@ impl EnSyncError {
     }
 
     /// An error whose message already names the failure (the core's error text).
-    pub(crate) fn self_describing(kind: ErrorKind, message: impl Into<String>) -> Self {
+    #[doc(hidden)]
+    pub fn self_describing(kind: ErrorKind, message: impl Into<String>) -> Self {
         EnSyncError {
             self_describing: true,
             ..EnSyncError::new(kind, message)
@@ -103,12 +104,14 @@ impl EnSyncError {
         self
     }
 
-    pub(crate) fn retryable(mut self, retryable: bool) -> Self {
+    #[doc(hidden)]
+    pub fn retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
         self
     }
 
-    pub(crate) fn with_published_ids(mut self, ids: Vec<String>) -> Self {
+    #[doc(hidden)]
+    pub fn with_published_ids(mut self, ids: Vec<String>) -> Self {
         self.published_ids = ids;
         self
     }

@@ -1,6 +1,7 @@
 //! The driver: one task per client that owns the core's [`Session`], feeds it what
 //! the transport reports, and does what it asks. All protocol policy (reconnect,
-//! backoff, heartbeats, acks, dialect) is the session's; this loop only does IO.
+//! backoff, heartbeats, acks, dialect) is the session's; this loop only does IO, through
+//! a [`Transport`] and on an [`Executor`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,32 +17,69 @@ use ensync_proto::session::{
 };
 use ensync_proto::wire;
 use futures::channel::{mpsc, oneshot};
-use futures::future::{AbortHandle, Abortable, BoxFuture, Either, Fuse};
+use futures::future::{AbortHandle, BoxFuture, Fuse, Shared as SharedFuture};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
 use crate::client::{Client, Command, ConnectionState, Control, Op, Outcome, Shared};
-use crate::engine::Target;
 use crate::error::{EnSyncError, ErrorKind, Result};
 use crate::event::{Event, EventHandle, HandlingGuard};
-use crate::grpc::{self, Conn};
 use crate::options::{ClientOptions, EngineOptions, RpcGeneration};
-use crate::runtime::Runtime;
+use crate::runtime::Executor;
 use crate::state::StateWatch;
 
-enum Step {
-    Io(Option<Io>),
+/// One event from a subscribe stream, with the node's log time (epoch ms) when the
+/// transport carries it (WebSocket `loggedAt`).
+pub type StreamItem = (wire::EventStreamResponse, Option<i64>);
+
+/// A subscribe stream as a transport opens it.
+pub type EventStream = BoxStream<'static, std::result::Result<StreamItem, RpcError>>;
+
+/// How the driver reaches a node (gRPC on tonic or h2, or WebSocket).
+pub trait Transport: Send + Sync + 'static {
+    /// An open connection; cheap to clone.
+    type Conn: Clone + Send + Sync + 'static;
+    /// Opens a connection (within the engine's connect timeout).
+    fn connect(&self) -> BoxFuture<'static, std::result::Result<Self::Conn, String>>;
+    /// Makes a unary call.
+    fn unary(
+        &self,
+        conn: &Self::Conn,
+        call: Call,
+    ) -> BoxFuture<'static, std::result::Result<Reply, RpcError>>;
+    /// Opens a subscribe stream.
+    fn subscribe(
+        &self,
+        conn: &Self::Conn,
+        call: Call,
+    ) -> BoxFuture<'static, std::result::Result<EventStream, RpcError>>;
+    /// Resolves (with the reason) when an open connection is lost. The driver polls it
+    /// from the moment the connection is reported open until it drops the connection,
+    /// so a transport may drive the connection in it (h2). The default never resolves
+    /// (tonic channels reconnect by themselves; losses show on streams and heartbeats).
+    fn closed(&self, _conn: &Self::Conn) -> BoxFuture<'static, String> {
+        Box::pin(std::future::pending())
+    }
+    /// Whether the session sends `Heartbeat` calls (gRPC); the WebSocket node pings instead.
+    fn heartbeats(&self) -> bool {
+        true
+    }
+}
+
+enum Step<C> {
+    Io(Option<Io<C>>),
     Command(Option<Command>),
     Timer,
 }
 
 /// What IO tasks report back to the driver. `epoch` names the connection the fact is
 /// about, so facts about a connection already dropped are ignored.
-enum Io {
-    Connected(u64, std::result::Result<Conn, String>),
+enum Io<C> {
+    Connected(u64, std::result::Result<C, String>),
     Lost(u64, String),
     Reply(u64, CallId, std::result::Result<Reply, RpcError>),
     StreamOpened(u64, CallId),
-    StreamItem(u64, wire::EventStreamResponse, SemaphoreGuardArc),
+    StreamItem(u64, StreamItem, SemaphoreGuardArc),
     StreamEnded(u64, CallId, Option<RpcError>),
 }
 
@@ -49,17 +87,18 @@ struct Sink {
     events: mpsc::UnboundedSender<Event>,
 }
 
-struct Driver {
+struct Driver<T: Transport> {
     session: Session,
-    runtime: Runtime,
-    target: Target,
-    conn: Option<Conn>,
+    executor: Executor,
+    transport: Arc<T>,
+    conn: Option<T::Conn>,
     epoch: u64,
-    /// The task that opens and then drives the current connection.
-    conn_task: Option<AbortHandle>,
+    /// Dropped (which stops every task of the current connection) on disconnect.
+    stop: oneshot::Sender<()>,
+    stopped: SharedFuture<oneshot::Receiver<()>>,
     streams: HashMap<CallId, AbortHandle>,
-    io_tx: mpsc::UnboundedSender<Io>,
-    io_rx: mpsc::UnboundedReceiver<Io>,
+    io_tx: mpsc::UnboundedSender<Io<T::Conn>>,
+    io_rx: mpsc::UnboundedReceiver<Io<T::Conn>>,
     commands: mpsc::UnboundedReceiver<Command>,
     shared: Weak<Shared>,
     ops: HashMap<OpId, oneshot::Sender<Result<Outcome>>>,
@@ -72,10 +111,11 @@ struct Driver {
     closed: bool,
 }
 
-/// Builds the session, starts the driver task, waits for authentication.
-pub(crate) async fn start(
-    runtime: Runtime,
-    target: Target,
+/// Builds the session, starts the driver task on `executor`, waits for authentication,
+/// and returns the client.
+pub async fn start<T: Transport>(
+    executor: Executor,
+    transport: T,
     app_key: &str,
     client_options: ClientOptions,
     options: &EngineOptions,
@@ -92,7 +132,7 @@ pub(crate) async fn start(
     let mut config = SessionConfig::new(app_key)
         .reconnect_interval(options.reconnect_interval)
         .max_reconnect_attempts(options.max_reconnect_attempts)
-        .heartbeat_interval(Some(options.heartbeat_interval))
+        .heartbeat_interval(transport.heartbeats().then_some(options.heartbeat_interval))
         .request_timeout(options.request_timeout)
         .generation(generation);
     if let Some(secret) = secret {
@@ -110,15 +150,17 @@ pub(crate) async fn start(
         tx,
         in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
         logging: options.enable_logging,
-        runtime: runtime.clone(),
+        runtime: executor.clone(),
     });
+    let (stop, stopped) = oneshot::channel();
     let mut driver = Driver {
         session,
-        runtime: runtime.clone(),
-        target,
+        executor: executor.clone(),
+        transport: Arc::new(transport),
         conn: None,
         epoch: 0,
-        conn_task: None,
+        stop,
+        stopped: stopped.shared(),
         streams: HashMap::new(),
         io_tx,
         io_rx,
@@ -134,7 +176,7 @@ pub(crate) async fn start(
         closed: false,
     };
     driver.ops.insert(open, opened_tx);
-    runtime.spawn(driver.run());
+    executor.spawn(driver.run());
 
     let control = Control::new(shared);
     match opened_rx.await {
@@ -154,13 +196,26 @@ pub(crate) async fn start(
     }
 }
 
+/// The gRPC endpoint an engine connects to: `url` by the gRPC URL rules, plaintext when
+/// the options disable TLS. A malformed URL is an [`ErrorKind::Validation`] error.
+pub fn grpc_endpoint(url: &str, options: &EngineOptions) -> Result<ensync_proto::url::Endpoint> {
+    let endpoint = ensync_proto::url::parse_grpc_url(url).map_err(|e| {
+        EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}")).with_source(e)
+    })?;
+    Ok(if options.disable_tls {
+        endpoint.with_tls(false)
+    } else {
+        endpoint
+    })
+}
+
 fn parse_secret(text: &str) -> Result<SecretKey> {
     SecretKey::from_base64(text).map_err(|e| {
         EnSyncError::new(ErrorKind::Validation, format!("bad app secret key: {e}")).with_source(e)
     })
 }
 
-impl Driver {
+impl<T: Transport> Driver<T> {
     async fn run(mut self) {
         let mut timer: Fuse<BoxFuture<'static, ()>> = Fuse::terminated();
         let mut armed = None;
@@ -174,7 +229,7 @@ impl Driver {
                 armed = deadline;
                 timer = match deadline {
                     Some(at) => self
-                        .runtime
+                        .executor
                         .sleep(at.saturating_duration_since(Instant::now()))
                         .fuse(),
                     None => Fuse::terminated(),
@@ -311,12 +366,17 @@ impl Driver {
         }
     }
 
-    fn io(&mut self, io: Io) {
+    fn io(&mut self, io: Io<T::Conn>) {
         let now = Instant::now();
         let current = self.epoch;
         let input = match io {
             Io::Connected(epoch, _) if epoch != current => return,
             Io::Connected(_, Ok(conn)) => {
+                let lost = self.transport.closed(&conn);
+                let io = self.io_tx.clone();
+                self.spawn_for_connection(async move {
+                    let _ = io.unbounded_send(Io::Lost(current, lost.await));
+                });
                 self.conn = Some(conn);
                 Input::Connected
             }
@@ -327,9 +387,12 @@ impl Driver {
             }
             Io::Reply(epoch, call, result) if epoch == current => Input::Reply { call, result },
             Io::StreamOpened(epoch, call) if epoch == current => Input::StreamOpened { call },
-            Io::StreamItem(epoch, event, permit) if epoch == current => {
+            Io::StreamItem(epoch, (event, logged_at), permit) if epoch == current => {
                 self.permit = Some(permit);
-                Input::StreamItem { event }
+                match logged_at {
+                    Some(timestamp) => Input::StreamItemAt { event, timestamp },
+                    None => Input::StreamItem { event },
+                }
             }
             Io::StreamEnded(epoch, call, error) if epoch == current => {
                 self.streams.remove(&call);
@@ -361,56 +424,33 @@ impl Driver {
         self.permit = None;
     }
 
-    /// Spawns `task` on the caller's executor; the handle aborts it.
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
-        let (handle, registration) = AbortHandle::new_pair();
-        self.runtime
-            .spawn(Abortable::new(task, registration).map(|_| ()));
-        handle
+    /// Spawns `task`, stopped when the current connection is dropped (or by the handle).
+    fn spawn_for_connection(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+        let stopped = self.stopped.clone();
+        self.executor.spawn_abortable(async move {
+            let task = std::pin::pin!(task);
+            futures::future::select(task, stopped).await;
+        })
     }
 
     fn connect(&mut self) {
         self.disconnect();
         let epoch = self.epoch;
         let io = self.io_tx.clone();
-        let runtime = self.runtime.clone();
-        let target = self.target.clone();
-        self.conn_task = Some(self.spawn(async move {
-            let timeout = runtime.sleep(target.connect_timeout);
-            let opening = std::pin::pin!(target.open(&runtime));
-            let (conn, connection) = match futures::future::select(opening, timeout).await {
-                Either::Left((Ok(opened), _)) => opened,
-                Either::Left((Err(reason), _)) => {
-                    let _ = io.unbounded_send(Io::Connected(epoch, Err(reason)));
-                    return;
-                }
-                Either::Right(_) => {
-                    let reason = format!("connecting to {} timed out", target.authority);
-                    let _ = io.unbounded_send(Io::Connected(epoch, Err(reason)));
-                    return;
-                }
-            };
-            let _ = io.unbounded_send(Io::Connected(epoch, Ok(conn)));
-            // Drive the HTTP/2 connection until it closes, then report the loss.
-            let reason = match connection.await {
-                Ok(()) => "the node closed the connection".to_owned(),
-                Err(e) => format!("connection lost: {e}"),
-            };
-            let _ = io.unbounded_send(Io::Lost(epoch, reason));
-        }));
+        let connecting = self.transport.connect();
+        self.spawn_for_connection(async move {
+            let _ = io.unbounded_send(Io::Connected(epoch, connecting.await));
+        });
     }
 
     fn disconnect(&mut self) {
         self.epoch += 1;
         self.conn = None;
-        // Dropping the connection fails every call still waiting on it, so unary call
-        // tasks end by themselves (their replies carry an old epoch and are ignored).
-        if let Some(task) = self.conn_task.take() {
-            task.abort();
-        }
-        for (_, stream) in self.streams.drain() {
-            stream.abort();
-        }
+        let (stop, stopped) = oneshot::channel();
+        // Dropping the old sender stops every task of the old connection.
+        self.stop = stop;
+        self.stopped = stopped.shared();
+        self.streams.clear();
     }
 
     fn call(&mut self, call: Call) {
@@ -429,10 +469,11 @@ impl Driver {
             return;
         };
         if call.request.is_streaming() {
+            let opening = self.transport.subscribe(&conn, call);
             let buffer = Arc::new(Semaphore::new(self.buffer));
-            let handle = self.spawn(async move {
-                let mut response = match grpc::start(&conn, &call).await {
-                    Ok(response) => response,
+            let handle = self.spawn_for_connection(async move {
+                let mut stream = match opening.await {
+                    Ok(stream) => stream,
                     Err(e) => {
                         let _ = io.unbounded_send(Io::StreamEnded(epoch, id, Some(e)));
                         return;
@@ -441,31 +482,28 @@ impl Driver {
                 let _ = io.unbounded_send(Io::StreamOpened(epoch, id));
                 loop {
                     // Take a buffer slot before reading: a slow consumer stops the
-                    // reading, and HTTP/2 flow control pushes back on the node.
+                    // reading, and flow control pushes back on the node.
                     let permit = buffer.acquire_arc().await;
-                    let item = match response.next_message().await {
-                        Ok(Some(bytes)) => grpc::stream_item(&bytes),
-                        Ok(None) => break,
-                        Err(e) => Err(e),
-                    };
-                    match item {
-                        Ok(event) => {
-                            let _ = io.unbounded_send(Io::StreamItem(epoch, event, permit));
+                    match stream.next().await {
+                        Some(Ok(item)) => {
+                            let _ = io.unbounded_send(Io::StreamItem(epoch, item, permit));
                         }
-                        Err(e) => {
+                        Some(Err(e)) => {
                             let _ = io.unbounded_send(Io::StreamEnded(epoch, id, Some(e)));
+                            return;
+                        }
+                        None => {
+                            let _ = io.unbounded_send(Io::StreamEnded(epoch, id, None));
                             return;
                         }
                     }
                 }
-                let error = response.finish().await.err();
-                let _ = io.unbounded_send(Io::StreamEnded(epoch, id, error));
             });
             self.streams.insert(id, handle);
         } else {
-            self.runtime.spawn(async move {
-                let result = grpc::unary(conn, call).await;
-                let _ = io.unbounded_send(Io::Reply(epoch, id, result));
+            let calling = self.transport.unary(&conn, call);
+            self.spawn_for_connection(async move {
+                let _ = io.unbounded_send(Io::Reply(epoch, id, calling.await));
             });
         }
     }
@@ -587,7 +625,7 @@ fn outcome(outcome: OpOutcome) -> Outcome {
 }
 
 /// Maps the core's error onto the SDK's error kinds.
-pub(crate) fn map_error(error: SessionError) -> EnSyncError {
+fn map_error(error: SessionError) -> EnSyncError {
     let kind = match &error {
         SessionError::Connection { .. } => ErrorKind::Connection,
         SessionError::Auth { .. } => ErrorKind::Auth,
@@ -608,8 +646,9 @@ pub(crate) fn map_error(error: SessionError) -> EnSyncError {
     };
     let retryable = error.is_retryable();
     let ids = error.published_ids().to_vec();
-    EnSyncError::new(kind, error.to_string())
+    // The core's text already names the failure; it is the message, not a source, so
+    // error reports do not print it twice.
+    EnSyncError::self_describing(kind, error.to_string())
         .retryable(retryable)
         .with_published_ids(ids)
-        .with_source(error)
 }
