@@ -871,10 +871,23 @@ fn unsubscribe_cancels_the_stream_and_forgets_the_subscription() {
     let op = pair.track_result(r).unwrap();
     pair.run_idle();
     assert_eq!(pair.result(op), Some(&Ok(OpOutcome::Unsubscribed)));
+    // The stream is dropped only after the `Unsubscribe` call: dropping it first could end
+    // the node's subscription before the call reaches it (the node then refuses it).
+    let unsubscribe_call = pair
+        .outputs
+        .iter()
+        .position(
+            |(_, o)| matches!(o, Output::Call(c) if matches!(c.request, Request::Unsubscribe(_))),
+        )
+        .expect("an Unsubscribe call");
+    let cancel = pair
+        .outputs
+        .iter()
+        .position(|(_, o)| *o == Output::CancelStream(stream))
+        .expect("the stream is cancelled");
     assert!(
-        pair.outputs
-            .iter()
-            .any(|(_, o)| *o == Output::CancelStream(stream))
+        unsubscribe_call < cancel,
+        "stream cancelled before the Unsubscribe call"
     );
     // Items for it that still arrive are not handed over (nor acked).
     let payload = envelope::encrypt_single(b"{}", app_secret().public_key(), &mut rand_core::OsRng);
