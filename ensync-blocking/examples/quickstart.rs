@@ -55,7 +55,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("no event: {e}"))?;
     println!(
         "Received order update: {} is {} (event {} from {})",
-        event.payload["order_id"], event.payload["status"], event.idem, event.sender
+        event.payload["order_id"].as_str().unwrap_or_default(),
+        event.payload["status"].as_str().unwrap_or_default(),
+        event.idem,
+        event.sender
     );
     drop(event); // handled: acknowledged automatically
 

@@ -70,7 +70,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("the subscription ended")?;
     println!(
         "Received order update: {} (event {}, logged at {:?})",
-        event.payload["order_id"], event.idem, event.timestamp
+        event.payload["order_id"].as_str().unwrap_or_default(),
+        event.idem,
+        event.timestamp
     );
     drop(event); // handled: acknowledged automatically
 
