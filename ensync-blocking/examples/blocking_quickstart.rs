@@ -2,7 +2,7 @@
 //! create a client, publish, subscribe, receive one decrypted event, close.
 //!
 //! ```text
-//! cargo run -p ensync-blocking --example quickstart
+//! cargo run -p ensync-blocking --example blocking_quickstart
 //! ```
 //!
 //! With `ENSYNC_URL`, `ENSYNC_APP_KEY` and `ENSYNC_SECRET_KEY` set it talks to that node.
