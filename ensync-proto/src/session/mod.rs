@@ -1341,6 +1341,18 @@ impl Session {
             }
             Some(info) => {
                 if let Err(error) = result {
+                    if let SessionError::Ack { .. } = error {
+                        // The node refused the automatic ack (for instance the event was
+                        // deferred meanwhile and is no longer in flight): it has not been
+                        // acked in this connection, so its next delivery here is acked.
+                        let key = (info.event_name.clone(), info.idem.clone());
+                        let epoch = self.epoch;
+                        if let Some(e) = self.dedup.get_mut(&key) {
+                            if e.acked_epoch == Some(epoch) {
+                                e.acked_epoch = None;
+                            }
+                        }
+                    }
                     if !matches!(
                         error,
                         SessionError::Connection { .. } | SessionError::Closed

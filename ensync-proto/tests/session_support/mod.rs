@@ -86,7 +86,7 @@ pub struct Node {
     pub streams: BTreeMap<CallId, String>,
     pub subscribed: BTreeSet<String>,
     pub paused: BTreeSet<String>,
-    /// Acks received per (client id, event name, idem) (accepted or not).
+    /// Acks the node accepted, per (client id, event name, idem).
     pub acks: HashMap<(String, String, String), u32>,
     /// Every call received, in order, with the client id it carried.
     pub log: Vec<(RequestKind, Generation, Request)>,
@@ -305,14 +305,6 @@ impl Node {
                 }))
             }
             Request::Ack(r) => {
-                *self
-                    .acks
-                    .entry((
-                        r.client_id.clone(),
-                        r.event_name.clone(),
-                        r.event_idem.clone(),
-                    ))
-                    .or_insert(0) += 1;
                 let cid = r.client_id.clone();
                 let ok = self.session_ok(&cid)
                     && match self.in_flight_mut(&r.event_idem, &cid) {
@@ -322,6 +314,17 @@ impl Node {
                         }
                         _ => false,
                     };
+                // Acks the node accepted (a refused one acknowledged nothing).
+                if ok {
+                    *self
+                        .acks
+                        .entry((
+                            r.client_id.clone(),
+                            r.event_name.clone(),
+                            r.event_idem.clone(),
+                        ))
+                        .or_insert(0) += 1;
+                }
                 reply(Reply::Ack(wire::AcknowledgeResponse {
                     success: ok,
                     message: if ok {
