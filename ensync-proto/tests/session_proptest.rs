@@ -261,11 +261,8 @@ fn run(cmds: &[Cmd], max_attempts: u32, speaks: Option<Generation>) {
 }
 
 /// A fixed seed keeps CI reproducible; `ENSYNC_PROPTEST_SEED=<u64>` explores another one
-/// and `ENSYNC_PROPTEST_SEED=random` a fresh one per run (with `PROPTEST_CASES` for more
-/// cases). Known open failure found with random seeds, to fix next:
-/// `[Inject(1), Subscribe(1, true), Unsubscribe(1), Latency(1667), Subscribe(1, false),
-/// DropConnection, Advance(10001), Subscribe(1, true)]` (an event handled OK on an auto-ack
-/// subscription stays in flight).
+/// and `ENSYNC_PROPTEST_SEED=random` a fresh one per run. Failures found that way are kept
+/// in `session_proptest.proptest-regressions` and replayed first on every run.
 fn proptest_config() -> ProptestConfig {
     let rng_seed = match std::env::var("ENSYNC_PROPTEST_SEED").ok().as_deref() {
         Some("random") => proptest::test_runner::RngSeed::Random,

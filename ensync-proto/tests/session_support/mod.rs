@@ -176,6 +176,19 @@ impl Node {
         self.paused.clear();
     }
 
+    /// A client dropped its stream for `name`: like the real node, what was in flight on
+    /// it goes back to the queue (everything in flight, in multiplex mode).
+    pub fn stream_closed(&mut self, name: &str) {
+        let Some(cid) = self.client_id.clone() else {
+            return;
+        };
+        for e in &mut self.events {
+            if e.state == EvState::InFlight(cid.clone()) && (self.multiplex || e.name == name) {
+                e.state = EvState::Ready;
+            }
+        }
+    }
+
     fn gen_ok(&self, kind: RequestKind, generation: Generation) -> bool {
         !kind.is_generation_specific() || self.speaks.is_none_or(|g| g == generation)
     }
@@ -656,7 +669,9 @@ impl Pair {
                     }
                 }
                 Output::CancelStream(call) => {
-                    self.node.streams.remove(&call);
+                    if let Some(name) = self.node.streams.remove(&call) {
+                        self.node.stream_closed(&name);
+                    }
                 }
                 Output::Event(ev) => self.on_event(ev, &mut connected_in_batch),
                 other => panic!("unknown output {other:?}"),
