@@ -77,17 +77,23 @@ fn transport_error(e: tonic::transport::Error) -> String {
     text
 }
 
-async fn unary<Q, R>(channel: Channel, path: &'static str, request: Q) -> Result<R, RpcError>
-where
-    Q: prost::Message + Send + Sync + 'static,
-    R: prost::Message + Default + Send + Sync + 'static,
-{
+/// A gRPC client on `channel` once the channel can take a call.
+async fn ready(channel: Channel) -> Result<tonic::client::Grpc<Channel>, RpcError> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| RpcError {
         code: RpcCode::Unavailable,
         message: e.to_string(),
     })?;
-    let response = grpc
+    Ok(grpc)
+}
+
+async fn unary<Q, R>(channel: Channel, path: &'static str, request: Q) -> Result<R, RpcError>
+where
+    Q: prost::Message + Send + Sync + 'static,
+    R: prost::Message + Default + Send + Sync + 'static,
+{
+    let response = ready(channel)
+        .await?
         .unary(
             tonic::Request::new(request),
             PathAndQuery::from_static(path),
@@ -147,12 +153,8 @@ impl Transport for GrpcTransport {
                     message: "not a subscribe call".to_owned(),
                 });
             };
-            let mut grpc = tonic::client::Grpc::new(channel);
-            grpc.ready().await.map_err(|e| RpcError {
-                code: RpcCode::Unavailable,
-                message: e.to_string(),
-            })?;
-            let response = grpc
+            let response = ready(channel)
+                .await?
                 .server_streaming(
                     tonic::Request::new(request),
                     PathAndQuery::from_static(path),
