@@ -401,10 +401,11 @@ fn tables(
     for sc in scenarios {
         main.notes.push(format!("`{}`: {}.", sc.id, sc.title));
     }
-    if let Some(kib) = node_peak_kib {
+    if let (Some(peak), Some(now)) = (node_peak_kib, node_rss_kib) {
         main.notes.push(format!(
-            "Node peak RSS over the whole run: {:.1} MiB.",
-            kib as f64 / 1024.0
+            "Node RSS: peak {:.1} MiB over the whole run, {:.1} MiB at its end.",
+            peak as f64 / 1024.0,
+            now as f64 / 1024.0
         ));
     }
 
