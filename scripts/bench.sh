@@ -1,44 +1,75 @@
 #!/usr/bin/env bash
-# Micro-benchmarks of ensync-proto beside libsodium (PyNaCl): issue 8, first slice.
+# Every benchmark of issue 8 in one run, with a report:
 #
-#   scripts/bench.sh            criterion with quick settings (1 s warm-up, 3 s measurement)
-#   BENCH_ARGS="..." scripts/bench.sh   other criterion arguments
+#   scripts/bench.sh            everything (about 8 minutes on 2 cores, after the build)
+#   scripts/bench.sh --quick    a smoke run of every part (about a minute after the build)
+#   BENCH_ARGS="..." scripts/bench.sh   other criterion arguments for the micro-benchmarks
 #
-# Runs `cargo bench -p ensync-proto --bench core`, then scripts/bench_pynacl.py, and
-# prints a markdown table: ours (criterion's mean point estimate, read from
-# target/criterion/<id>/new/estimates.json), PyNaCl's time, and ours / PyNaCl.
-# The PyNaCl envelope numbers include Python's JSON/base64 work; the `box_*` rows
-# (key pair + Box + XSalsa20-Poly1305 of 1 KB, almost no Python) are libsodium's
-# crypto alone, and the last column compares our whole envelope against that.
-# Load averages are printed before and after: the numbers mean little on a busy machine.
+# Parts, in order (each prints the load average before it: the numbers mean little on a
+# busy machine):
+#   1. micro: `cargo bench -p ensync-proto --bench core` (criterion, 1 s warm-up, 3 s
+#      measurement) and scripts/bench_pynacl.py (the same operations through
+#      PyNaCl/libsodium), printed as one table with the ratios;
+#   2. e2e: `ensync-bench e2e`: the tokio, h2, blocking and WebSocket clients and the
+#      published Python client (ensync-sdk 0.4.4) against one node, same run;
+#   3. node: `ensync-bench node`: durable publishes/s (group commit vs one commit per
+#      event) and the node's peak RSS with 1 000 000 queued 1 KB events.
+# The whole report is also written to target/bench/report.md (JSON of parts 2 and 3 in
+# target/bench/*.json). Python comes from scripts/python-env.sh (.venv, pinned).
+#
+# Micro table: ours is criterion's mean point estimate from
+# target/criterion/<id>/new/estimates.json. The PyNaCl envelope numbers include Python's
+# JSON/base64 work; the `box_*` rows (key pair + Box + XSalsa20-Poly1305 of 1 KB, almost
+# no Python) are libsodium's crypto alone, and the last column compares our whole
+# envelope against that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-py="${ENSYNC_PYTHON:-}"
-for candidate in "$py" .venv/bin/python /work/venv/bin/python; do
-    if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c "import nacl" 2>/dev/null; then
-        py="$candidate"
-        break
-    fi
-    py=""
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+    esac
 done
-if [ -z "$py" ]; then
-    echo "no Python with PyNaCl found (set ENSYNC_PYTHON or run scripts/python-env.sh)" >&2
-    exit 1
-fi
 
-echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(rustc -V)"
-echo "== load before: $(uptime | sed 's/.*load average: //')"
+out=target/bench
+mkdir -p "$out"
+report="$out/report.md"
+# The terminal keeps the progress lines (fd 3); the report gets the results.
+exec 3>&2
+exec > >(tee "$report") 2>&1
 
-# shellcheck disable=SC2086
-cargo bench -p ensync-proto --bench core -- ${BENCH_ARGS:---warm-up-time 1 --measurement-time 3}
+load() { sed 's/.*load average: //' <<<"$(uptime)"; }
+started=$(date +%s)
 
-echo "== PyNaCl ($py)"
-pynacl_json="$("$py" scripts/bench_pynacl.py)"
-echo "$pynacl_json"
+bash scripts/python-env.sh --quiet
+py=.venv/bin/python
 
-echo "== load after: $(uptime | sed 's/.*load average: //')"
+echo "# ensync benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
+echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo "- $(rustc -V); $("$py" -c 'import sys, nacl, importlib.metadata as m; print("Python", sys.version.split()[0], "PyNaCl", nacl.__version__, "ensync-sdk", m.version("ensync-sdk"))')"
+echo "- git: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
+echo
+
+echo "== building (release)"
+cargo build --release --locked -p ensync-bench 2>&3
+cargo bench --locked -p ensync-proto --bench core --no-run 2>&3
+
+echo
+echo "## 1. Micro-benchmarks (load before: $(load))"
+echo
+if [ "$quick" = 1 ]; then
+    default_args="--warm-up-time 0.2 --measurement-time 0.5"
+else
+    default_args="--warm-up-time 1 --measurement-time 3"
+fi
+# shellcheck disable=SC2086
+cargo bench --locked -p ensync-proto --bench core -- ${BENCH_ARGS:-$default_args} >"$out/criterion.log" 2>&1 \
+    || { cat "$out/criterion.log"; exit 1; }
+pynacl_json="$("$py" scripts/bench_pynacl.py)"
+echo "$pynacl_json" >"$out/pynacl.json"
 
 PYNACL_JSON="$pynacl_json" "$py" - <<'EOF'
 import json
@@ -92,3 +123,22 @@ for name, bare in rows:
 for name in ("box_encrypt_1k_precomputed", "box_decrypt_1k_precomputed"):
     print(f"| {name} (PyNaCl only) | - | {fmt(py.get(name))} | - | - | - |")
 EOF
+
+echo
+echo "## 2. End to end (load before: $(load))"
+echo
+e2e_args=(--json "$out/e2e.json" --python "$py")
+node_args=(--json "$out/node.json")
+if [ "$quick" = 1 ]; then
+    e2e_args+=(--quick)
+    node_args+=(--quick)
+fi
+target/release/ensync-bench e2e "${e2e_args[@]}" 2> >(tee "$out/e2e.log" >&3) || { echo "ensync-bench e2e failed (see $out/e2e.log)"; exit 1; }
+
+echo
+echo "## 3. The node (load before: $(load))"
+echo
+target/release/ensync-bench node "${node_args[@]}" 2> >(tee "$out/node.log" >&3) || { echo "ensync-bench node failed (see $out/node.log)"; exit 1; }
+
+echo
+echo "Load after: $(load). Whole run: $(( $(date +%s) - started )) s (progress logs in $out/*.log)."

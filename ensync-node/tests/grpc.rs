@@ -568,6 +568,17 @@ async fn bad_input_is_refused() {
             },
             "unknown recipient",
         ),
+        (
+            "recipient 32 bytes, not a configured key",
+            wire::PublishEventRequest {
+                delivery_to: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    [7u8; 32],
+                ),
+                ..base.clone()
+            },
+            "unknown recipient",
+        ),
     ];
     for (what, req, needle) in cases {
         let r = pc.publish_event(req).await.unwrap().into_inner();
