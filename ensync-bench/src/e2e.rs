@@ -24,7 +24,7 @@ use ensync_node::dev::{DevApp, DevSetup};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::nodeproc::{BoxError, NodeProcess};
+use crate::nodeproc::{BoxError, NodeProcess, process_cpu_time};
 use crate::report::{Percentiles, Section, fmt_duration, fmt_rate};
 
 /// Arguments of `ensync-bench e2e`.
@@ -171,6 +171,8 @@ struct Outcome {
     elapsed: Duration,
     latency: Percentiles,
     node_cpu: Option<Duration>,
+    /// CPU time of the client process(es) (publisher and subscribers) over the scenario.
+    client_cpu: Option<Duration>,
     error: Option<String>,
 }
 
@@ -256,6 +258,7 @@ impl Recorder {
             elapsed: Duration::from_nanos(self.last.load(Ordering::Relaxed)),
             latency: Percentiles::of(&mut samples),
             node_cpu: None,
+            client_cpu: None,
             error: None,
         }
     }
@@ -353,7 +356,8 @@ fn tables(
             "p99",
             "p999",
             "max",
-            "node CPU",
+            "client CPU/delivery",
+            "node CPU/delivery",
         ],
     );
     for sc in scenarios {
@@ -380,22 +384,17 @@ fn tables(
                 fmt_duration(o.latency.p99),
                 fmt_duration(o.latency.p999),
                 fmt_duration(o.latency.max),
-                o.node_cpu
-                    .map(|c| {
-                        format!(
-                            "{:.0}%",
-                            100.0 * c.as_secs_f64() / o.elapsed.as_secs_f64().max(1e-9)
-                        )
-                    })
-                    .unwrap_or_default(),
+                per_delivery(o.client_cpu, o.delivered),
+                per_delivery(o.node_cpu, o.delivered),
             ]);
         }
     }
     main.notes.push(
         "events/s counts deliveries (an event to 10 recipients is 10), from the first publish call to \
          the last handler start; latency is per delivery, from the start of the publish call to the \
-         start of the handler; node CPU is the node process's CPU time over the same span (200% = both \
-         cores)."
+         start of the handler; CPU/delivery is a process's CPU time (user + system) over the scenario \
+         divided by the deliveries: the client process (publisher and subscribers; the Rust clients \
+         share the bench process) and the node process."
             .into(),
     );
     for sc in scenarios {
@@ -521,6 +520,7 @@ fn run_async_adapter(
             sc.event = format!("bench/{adapter}/{}", sc.id);
             eprintln!("{adapter} {} ...", sc.id);
             let cpu0 = node.cpu_time();
+            let own0 = process_cpu_time(std::process::id());
             let mut outcome =
                 match run_async_scenario(&publisher, &recipients, &apps.recipients, &sc).await {
                     Ok(o) => o,
@@ -530,6 +530,9 @@ fn run_async_adapter(
                     },
                 };
             outcome.node_cpu = cpu0.zip(node.cpu_time()).map(|(a, b)| b.saturating_sub(a));
+            outcome.client_cpu = own0
+                .zip(process_cpu_time(std::process::id()))
+                .map(|(a, b)| b.saturating_sub(a));
             report_progress(adapter, &sc, &outcome);
             out.push((sc, outcome));
         }
@@ -538,6 +541,14 @@ fn run_async_adapter(
         }
         Ok(out)
     })
+}
+
+/// CPU time per delivery, for a table.
+fn per_delivery(cpu: Option<Duration>, delivered: usize) -> String {
+    match cpu {
+        Some(cpu) if delivered > 0 => fmt_duration(cpu / delivered as u32),
+        _ => "-".into(),
+    }
 }
 
 fn report_progress(adapter: &str, sc: &Scenario, o: &Outcome) {
@@ -706,12 +717,16 @@ fn run_blocking(
         sc.event = format!("bench/blocking/{}", sc.id);
         eprintln!("blocking {} ...", sc.id);
         let cpu0 = node.cpu_time();
+        let own0 = process_cpu_time(std::process::id());
         let mut outcome = run_blocking_scenario(&publisher, &recipients, &apps.recipients, &sc)
             .unwrap_or_else(|e| Outcome {
                 error: Some(e.to_string()),
                 ..Outcome::default()
             });
         outcome.node_cpu = cpu0.zip(node.cpu_time()).map(|(a, b)| b.saturating_sub(a));
+        outcome.client_cpu = own0
+            .zip(process_cpu_time(std::process::id()))
+            .map(|(a, b)| b.saturating_sub(a));
         report_progress("blocking", &sc, &outcome);
         out.push((sc, outcome));
     }
@@ -917,6 +932,8 @@ fn run_python(
         .ok_or("no stdout of the Python driver")?;
     let mut out = Vec::new();
     let mut cpu0 = node.cpu_time();
+    let python_pid = child.id();
+    let mut own0 = process_cpu_time(python_pid);
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line?;
         let Ok(result) = serde_json::from_str::<PythonResult>(&line) else {
@@ -924,6 +941,7 @@ fn run_python(
             continue;
         };
         let cpu1 = node.cpu_time();
+        let own1 = process_cpu_time(python_pid);
         let Some(sc) = scenarios.iter().find(|s| s.id == result.id) else {
             continue;
         };
@@ -940,9 +958,11 @@ fn run_python(
             latency: Percentiles::of(&mut samples),
             // Includes the subscribe/unsubscribe of the scenario: an upper bound.
             node_cpu: cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
+            client_cpu: own0.zip(own1).map(|(a, b)| b.saturating_sub(a)),
             error: result.error,
         };
         cpu0 = cpu1;
+        own0 = own1;
         report_progress("python", sc, &outcome);
         out.push((sc.clone(), outcome));
     }
