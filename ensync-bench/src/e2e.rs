@@ -336,7 +336,37 @@ pub fn run(args: &E2eArgs) -> Result<(), BoxError> {
     drop(node);
 
     let sections = tables(&results, &scenarios, node_rss);
-    crate::report::finish(&sections, args.json.as_deref())
+    crate::report::finish(&sections, None)?;
+    if let Some(path) = &args.json {
+        let raw: Vec<serde_json::Value> = results
+            .iter()
+            .flat_map(|(adapter, rows)| rows.iter().map(move |(sc, o)| raw_result(adapter, sc, o)))
+            .collect();
+        let doc = serde_json::json!({ "sections": sections, "results": raw });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One adapter's result in one scenario, as numbers (the JSON's `results`).
+fn raw_result(adapter: &str, sc: &Scenario, o: &Outcome) -> serde_json::Value {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    serde_json::json!({
+        "adapter": adapter,
+        "scenario": sc.id,
+        "published": o.published,
+        "delivered": o.delivered,
+        "expected": o.expected,
+        "events_per_second": o.rate(),
+        "p50_us": us(o.latency.p50),
+        "p99_us": us(o.latency.p99),
+        "p999_us": us(o.latency.p999),
+        "max_us": us(o.latency.max),
+        "client_cpu_us": o.client_cpu.map(us),
+        "node_cpu_us": o.node_cpu.map(us),
+        "error": o.error,
+    })
 }
 
 fn tables(

@@ -1,0 +1,48 @@
+//! The benchmark harness itself works: a quick run of `ensync-bench e2e` with every Rust
+//! adapter delivers every published event, with no error. (Timings are not checked:
+//! benchmarks measure, they never fail tests.)
+
+use std::process::Command;
+
+#[test]
+fn e2e_quick_run_delivers_every_event_on_every_rust_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("e2e.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ensync-bench"))
+        .args([
+            "e2e",
+            "--quick",
+            "--adapters",
+            "tokio,h2,blocking,ws",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("| seq-1k | tokio |"), "{stdout}");
+
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    // 4 adapters x 5 scenarios.
+    assert_eq!(results.len(), 20, "{doc:#}");
+    for r in results {
+        assert!(r["error"].is_null(), "{r}");
+        let published = r["published"].as_u64().unwrap();
+        assert!(published > 0, "{r}");
+        let recipients = if r["scenario"] == "conc64-1k-10r" {
+            10
+        } else {
+            1
+        };
+        assert_eq!(
+            r["expected"].as_u64().unwrap(),
+            published * recipients,
+            "{r}"
+        );
+        assert_eq!(r["delivered"], r["expected"], "{r}");
+        assert!(r["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
