@@ -32,6 +32,10 @@ impl GrpcTransport {
             .map_err(bad)?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            // HTTP/2's default 64 KiB windows stall a 64 KB event (its envelope is ~88 KB)
+            // for a WINDOW_UPDATE round trip; the same sizes as ensync-h2's client.
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         if target.tls {
