@@ -28,8 +28,8 @@ pub const DEFAULT_WS_PING_INTERVAL_MS: u64 = 30_000;
 pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Smallest accepted `store_cache_bytes`, 1 MiB.
 pub const MIN_STORE_CACHE_BYTES: usize = 1024 * 1024;
-/// Default size of the store's page cache, 64 MiB (redb's own default is 1 GiB).
-pub const DEFAULT_STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Default size of the store's page cache, 32 MiB (redb's own default is 1 GiB).
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The whole node configuration.
 ///
