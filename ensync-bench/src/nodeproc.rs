@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ pub fn serve(config: &Path) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
     let config: NodeConfig =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let stats_path = config.data_dir.join(STATS_FILE);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -35,9 +36,37 @@ pub fn serve(config: &Path) -> Result<(), BoxError> {
             let _ = std::io::stdin().read_to_end(&mut sink);
         })
         .await?;
+        let service = node.service().clone();
         node.shutdown().await;
+        // The final counters, for `NodeProcess::stop` (the parent no longer reads stdout).
+        let s = service.stats();
+        std::fs::write(
+            &stats_path,
+            format!(
+                "commits {}\ncommitted_ops {}\nready {}\ndeferred {}\nin_flight {}\n",
+                s.commits, s.committed_ops, s.ready, s.deferred, s.in_flight
+            ),
+        )?;
         Ok::<(), BoxError>(())
     })
+}
+
+/// Where `serve-node` writes its final counters (in its data directory).
+const STATS_FILE: &str = "bench-node-stats.txt";
+
+/// The node's counters when it stopped (see [`NodeProcess::stop`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FinalStats {
+    /// Store transactions committed.
+    pub commits: u64,
+    /// Write operations in them.
+    pub committed_ops: u64,
+    /// Events ready in queues.
+    pub ready: u64,
+    /// Deferred events.
+    pub deferred: u64,
+    /// Events in flight.
+    pub in_flight: u64,
 }
 
 /// A running node child process. Dropping it closes the child's stdin (the node shuts
@@ -49,6 +78,7 @@ pub struct NodeProcess {
     pub grpc_addr: SocketAddr,
     /// The node's WebSocket address, when `ws_listen` was set.
     pub ws_addr: Option<SocketAddr>,
+    data_dir: PathBuf,
 }
 
 impl NodeProcess {
@@ -89,7 +119,35 @@ impl NodeProcess {
             ws_addr,
             child,
             stdin,
+            data_dir: config.data_dir.clone(),
         })
+    }
+
+    /// Stops the node (as dropping does) and returns the counters it wrote on its way
+    /// out (commits, batch sizes, queued events).
+    pub fn stop(self) -> Result<FinalStats, BoxError> {
+        let path = self.data_dir.join(STATS_FILE);
+        let _ = std::fs::remove_file(&path);
+        drop(self);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("the node wrote no final counters ({}): {e}", path.display()))?;
+        let mut s = FinalStats::default();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(k), Some(v)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let v: u64 = v.parse()?;
+            match k {
+                "commits" => s.commits = v,
+                "committed_ops" => s.committed_ops = v,
+                "ready" => s.ready = v,
+                "deferred" => s.deferred = v,
+                "in_flight" => s.in_flight = v,
+                _ => {}
+            }
+        }
+        Ok(s)
     }
 
     /// The child's process id.

@@ -118,7 +118,10 @@ impl Node {
             _ => None,
         };
 
-        let store = Arc::new(store::RedbStore::open(&config.data_dir)?);
+        let store = Arc::new(store::RedbStore::open_with_cache(
+            &config.data_dir,
+            config.store_cache_bytes,
+        )?);
         let service = NodeService::new(&config, store)?;
         let tasks = service.spawn_background();
 

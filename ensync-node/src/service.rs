@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -175,6 +176,11 @@ pub struct NodeStats {
     pub ready: usize,
     /// Deferred events waiting for their time.
     pub deferred: usize,
+    /// Store transactions committed by the writer since the node started.
+    pub commits: u64,
+    /// Write operations (publishes, acks, defers, ...) in those transactions; divided by
+    /// `commits`, the mean group-commit batch.
+    pub committed_ops: u64,
 }
 
 /// Settings of the service taken from [`NodeConfig`].
@@ -199,10 +205,41 @@ struct App {
 
 type QueueKey = (usize, Arc<str>);
 
+/// An event id as a ready queue keeps it: the node's own ids (32 lowercase hex digits)
+/// as their 16 bytes, any other text as is. A queue may hold millions of ids (the
+/// backlog of a recipient that is away), so they are kept compact: 24 bytes in the map
+/// instead of an `Arc<str>` pointer plus a 48-byte allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum QueuedId {
+    Hex([u8; 16]),
+    Text(Box<str>),
+}
+
+impl QueuedId {
+    fn new(id: &str) -> Self {
+        let mut bytes = [0u8; 16];
+        let lower_hex =
+            id.len() == 32 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        if lower_hex && hex::decode_to_slice(id, &mut bytes).is_ok() {
+            QueuedId::Hex(bytes)
+        } else {
+            QueuedId::Text(id.into())
+        }
+    }
+
+    /// The id text, exactly as given to [`QueuedId::new`].
+    fn to_arc(&self) -> Arc<str> {
+        match self {
+            QueuedId::Hex(bytes) => Arc::from(hex::encode(bytes).as_str()),
+            QueuedId::Text(text) => Arc::from(&**text),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     /// block -> event id, ready now.
-    ready: BTreeMap<u64, Arc<str>>,
+    ready: BTreeMap<u64, QueuedId>,
     /// Subscription (stream) ids on this queue.
     subs: Vec<u64>,
 }
@@ -264,6 +301,8 @@ pub(crate) struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteReq>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     timers: Notify,
+    commits: AtomicU64,
+    committed_ops: AtomicU64,
 }
 
 /// The node's operations, callable from any transport. Cheap to clone.
@@ -294,6 +333,21 @@ pub(crate) fn random_id() -> String {
     use rand_core::RngCore as _;
     let mut bytes = [0u8; 16];
     rand_core::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// A new event id: 32 hex digits, 128 bits: 8 bytes of a process-wide counter that
+/// starts at the start time (epoch ms << 16), then 8 random bytes. Ids published later
+/// sort later, so the store appends new records at the end of its id index instead of
+/// rewriting pages all over it (random ids cost several times the disk writes per commit);
+/// the random half keeps them unique across restarts and nodes.
+fn event_id() -> String {
+    use rand_core::RngCore as _;
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU64::new(now_ms() << 16));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    rand_core::OsRng.fill_bytes(&mut bytes[8..]);
     hex::encode(bytes)
 }
 
@@ -344,27 +398,24 @@ impl NodeService {
         let mut state = State::default();
         let now = now_ms();
         let mut skipped = 0usize;
-        for PendingEntry {
-            recipient,
-            name,
-            block,
-            id,
-            due_ms,
-        } in store.pending()?
-        {
-            let Some(&app) = by_key_text.get(&recipient) else {
+        // Streamed: a backlog of millions is never held as a list of entries.
+        store.for_each_pending(&mut |entry: PendingEntry| {
+            let Some(&app) = by_key_text.get(&entry.recipient) else {
                 skipped += 1;
-                continue;
+                return;
             };
-            let key: QueueKey = (app, Arc::from(name.as_str()));
-            let id: Arc<str> = Arc::from(id.as_str());
-            if due_ms > now {
+            let key: QueueKey = (app, Arc::from(entry.name.as_str()));
+            if entry.due_ms > now {
                 let seq = state.next_seq();
-                state.deferred.insert((due_ms, seq), (key, block, id));
+                let id = Arc::from(entry.id.as_str());
+                state
+                    .deferred
+                    .insert((entry.due_ms, seq), (key, entry.block, id));
             } else {
-                state.queues.entry(key).or_default().ready.insert(block, id);
+                let ready = &mut state.queues.entry(key).or_default().ready;
+                ready.insert(entry.block, QueuedId::new(&entry.id));
             }
-        }
+        })?;
         if skipped > 0 {
             tracing::warn!(
                 skipped,
@@ -382,11 +433,14 @@ impl NodeService {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(None),
             timers: Notify::new(),
+            commits: AtomicU64::new(0),
+            committed_ops: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
+        let max_batch = if config.group_commit { MAX_BATCH } else { 1 };
         let handle = std::thread::Builder::new()
             .name("ensync-writer".into())
-            .spawn(move || writer_loop(rx, store, weak))
+            .spawn(move || writer_loop(rx, store, weak, max_batch))
             .map_err(|e| crate::NodeError::Io(e.to_string()))?;
         *lock(&inner.writer_thread) = Some(handle);
         Ok(Self { inner })
@@ -550,7 +604,7 @@ impl NodeService {
                 ));
             }
         }
-        let id = random_id();
+        let id = event_id();
         let name: Arc<str> = Arc::from(req.event_name.as_str());
         let event = NewEvent {
             id: id.clone(),
@@ -822,6 +876,8 @@ impl NodeService {
             in_flight: st.in_flight.len(),
             ready: st.queues.values().map(|q| q.ready.len()).sum(),
             deferred: st.deferred.len(),
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            committed_ops: self.inner.committed_ops.load(Ordering::Relaxed),
         }
     }
 }
@@ -870,7 +926,7 @@ impl State {
             .entry(key.clone())
             .or_default()
             .ready
-            .insert(block, id);
+            .insert(block, QueuedId::new(&id));
         self.notify_queue(&key);
     }
 
@@ -1064,7 +1120,7 @@ impl Inner {
             let Some((block, id)) = q.ready.pop_first() else {
                 break;
             };
-            taken.push((id, block));
+            taken.push((id.to_arc(), block));
         }
         if taken.is_empty() {
             return Take::Wait;
@@ -1229,12 +1285,18 @@ async fn purger(inner: Weak<Inner>) {
     }
 }
 
-/// The group-commit writer: commits everything waiting in one transaction, enqueues the
-/// new events in block order, then answers each request.
-fn writer_loop(mut rx: mpsc::Receiver<WriteReq>, store: Arc<dyn Store>, inner: Weak<Inner>) {
+/// The group-commit writer: commits everything waiting (up to `max_batch` writes) in one
+/// transaction, enqueues the new events in block order, then answers each request.
+/// `max_batch = 1` is one commit per write (`group_commit = false`).
+fn writer_loop(
+    mut rx: mpsc::Receiver<WriteReq>,
+    store: Arc<dyn Store>,
+    inner: Weak<Inner>,
+    max_batch: usize,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
@@ -1247,6 +1309,9 @@ fn writer_loop(mut rx: mpsc::Receiver<WriteReq>, store: Arc<dyn Store>, inner: W
         match res {
             Ok(outcomes) => {
                 if let Some(node) = inner.upgrade() {
+                    node.commits.fetch_add(1, Ordering::Relaxed);
+                    node.committed_ops
+                        .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
                     let mut st = lock(&node.state);
                     for (req, out) in batch.iter_mut().zip(&outcomes) {
                         if let (Some((key, id)), WriteOutcome::Published { block }) =
@@ -1343,5 +1408,48 @@ impl NodeService {
         }
         self.inner.timers.notify_one();
         lock(&self.inner.writer).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_ids_give_back_the_same_text() {
+        let own = event_id();
+        for id in [
+            own.as_str(),
+            "00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff",
+            // Not the node's own form: kept as text, unchanged.
+            "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "not-hex-at-all-but-thirty-two!!!",
+            "",
+            "é",
+        ] {
+            assert_eq!(&*QueuedId::new(id).to_arc(), id, "{id:?}");
+        }
+        assert!(matches!(QueuedId::new(&own), QueuedId::Hex(_)));
+        assert!(matches!(
+            QueuedId::new("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"),
+            QueuedId::Text(_)
+        ));
+    }
+
+    #[test]
+    fn event_ids_are_unique_hex_and_increase() {
+        let ids: Vec<String> = (0..1000).map(|_| event_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "later ids sort later");
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
     }
 }

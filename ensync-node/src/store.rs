@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Event id -> encoded [`StoredEvent`].
 const EVENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("events");
@@ -57,6 +57,7 @@ db_err!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::SetDurabilityError,
     std::io::Error
 );
 
@@ -160,6 +161,15 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError>;
     /// Every pending event, in (recipient, name, block) order.
     fn pending(&self) -> Result<Vec<PendingEntry>, StoreError>;
+    /// Calls `f` with every pending event, in (recipient, name, block) order, without
+    /// collecting them (what the node does at start-up, where the backlog may be
+    /// millions of events). The default goes through [`Store::pending`].
+    fn for_each_pending(&self, f: &mut dyn FnMut(PendingEntry)) -> Result<(), StoreError> {
+        for entry in self.pending()? {
+            f(entry);
+        }
+        Ok(())
+    }
     /// Reads stored events by id (`None` for unknown ids), in one read transaction.
     fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError>;
 }
@@ -176,10 +186,19 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with the default page cache
+    /// ([`crate::config::DEFAULT_STORE_CACHE_BYTES`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, crate::config::DEFAULT_STORE_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes` (read and
+    /// write cache together; redb's own default would be 1 GiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("events.redb"))?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("events.redb"))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(EVENTS)?;
@@ -194,7 +213,9 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn commit(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // redb's default, spelled out: the commit returns once the data is fsynced.
+        txn.set_durability(Durability::Immediate)?;
         let mut out = Vec::with_capacity(ops.len());
         {
             let mut events = txn.open_table(EVENTS)?;
@@ -278,14 +299,19 @@ impl Store for RedbStore {
     }
 
     fn pending(&self) -> Result<Vec<PendingEntry>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_pending(&mut |entry| out.push(entry))?;
+        Ok(out)
+    }
+
+    fn for_each_pending(&self, f: &mut dyn FnMut(PendingEntry)) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PENDING)?;
-        let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
             let (recipient, name, block) = k.value();
             let (id, due_ms) = v.value();
-            out.push(PendingEntry {
+            f(PendingEntry {
                 recipient: recipient.to_owned(),
                 name: name.to_owned(),
                 block,
@@ -293,7 +319,7 @@ impl Store for RedbStore {
                 due_ms,
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError> {

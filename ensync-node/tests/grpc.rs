@@ -1002,3 +1002,45 @@ async fn restart_keeps_queues() {
     );
     node.shutdown().await;
 }
+
+/// `group_commit = false`: every write is its own durable commit, and what was published
+/// concurrently is delivered after a restart, in block order, exactly as with group commit.
+#[tokio::test]
+async fn one_commit_per_event_is_durable() {
+    let mut dev = ensync_node::dev::DevSetup::generate(2).unwrap();
+    dev.config.group_commit = false;
+    let node = ensync_node::Node::start(dev.config.clone()).await.unwrap();
+    let mut c = client(node.grpc_addr()).await;
+    let pid = connect(&mut c, &dev.apps[0].access_key).await;
+    let to = dev.apps[1].public_key.clone();
+    // Concurrent publishes: with group commit they could share a transaction.
+    let publishes = (0..20).map(|i| {
+        let (mut c, pid, to) = (c.clone(), pid.clone(), to.clone());
+        async move { publish(&mut c, &pid, "solo", &to, i).await }
+    });
+    let ids: Vec<String> = futures::future::join_all(publishes).await;
+    let stats = node.stats();
+    assert_eq!(stats.committed_ops, 20);
+    assert_eq!(stats.commits, 20, "one transaction per publish");
+    assert_eq!(stats.ready, 20);
+    node.shutdown().await;
+
+    let node = ensync_node::Node::start(dev.config.clone()).await.unwrap();
+    assert_eq!(node.stats().ready, 20, "the queue is reloaded from disk");
+    let mut c = client(node.grpc_addr()).await;
+    let sid = connect(&mut c, &dev.apps[1].access_key).await;
+    let mut s = subscribe(&mut c, &sid, "solo").await;
+    let mut got = Vec::new();
+    for i in 0..20 {
+        let ev = next(&mut s).await;
+        assert_eq!(ev.partition_block, i + 1);
+        assert!(ack(&mut c, &sid, &ev).await.success);
+        got.push(ev.event_idem);
+    }
+    let mut want = ids.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "every published event is delivered once");
+    assert_eq!(node.stats().commits, 20, "one transaction per ack");
+    node.shutdown().await;
+}
