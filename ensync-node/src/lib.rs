@@ -105,6 +105,10 @@ impl Node {
             _ => None,
         };
         let mut builder = tonic::transport::Server::builder()
+            // Larger HTTP/2 windows than the 64 KiB default, so a large event (a 64 KB
+            // payload is an ~88 KB envelope) does not wait for a WINDOW_UPDATE round trip.
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(4 << 20))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)));
         if let Some(tls) = tls {
