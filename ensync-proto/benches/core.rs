@@ -58,6 +58,11 @@ fn bench_envelope(c: &mut Criterion) {
     c.bench_function("envelope_decrypt_single_1k", |b| {
         b.iter(|| envelope::decrypt(black_box(&sealed), &secret).expect("decrypts"))
     });
+    // The key-less half of decrypt (outer base64, JSON, field base64), to split the
+    // decrypt time into parsing and crypto.
+    c.bench_function("envelope_parse_single_1k", |b| {
+        b.iter(|| envelope::Envelope::parse(black_box(&sealed)).expect("parses"))
+    });
     for n in [1usize, 4, 16] {
         let keys = recipient_keys(n);
         c.bench_function(&format!("envelope_encrypt_hybrid_{n}"), |b| {

@@ -16,8 +16,7 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use curve25519_dalek::MontgomeryPoint;
-use curve25519_dalek::edwards::CompressedEdwardsY;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::clamp_integer;
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha512};
@@ -57,10 +56,31 @@ fn decode_b64(text: &str) -> Result<Vec<u8>, KeyError> {
 
 /// An app's Ed25519 public key (its identity, `client_hash`), with its X25519 form
 /// computed once at parse time.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// Equality and hashing are those of the 32 Ed25519 bytes (the other fields are
+/// derived from them).
+#[derive(Clone)]
 pub struct PublicKey {
     ed25519: [u8; 32],
     x25519: [u8; 32],
+    /// The decompressed Edwards point, kept so encryption multiplies it directly
+    /// (the vectorised Edwards scalar multiplication) with no Montgomery-to-Edwards
+    /// conversion.
+    edwards: EdwardsPoint,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.ed25519 == other.ed25519
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ed25519.hash(state);
+    }
 }
 
 impl PublicKey {
@@ -91,6 +111,7 @@ impl PublicKey {
         Ok(Self {
             ed25519: *bytes,
             x25519: point.to_montgomery().to_bytes(),
+            edwards: point,
         })
     }
 
@@ -102,6 +123,12 @@ impl PublicKey {
     /// The X25519 (Montgomery u) form used for encryption.
     pub fn x25519_bytes(&self) -> &[u8; 32] {
         &self.x25519
+    }
+
+    /// The Edwards point of the key (prime order, checked at parse); its Montgomery
+    /// u-coordinate is [`Self::x25519_bytes`].
+    pub(crate) fn edwards_point(&self) -> &EdwardsPoint {
+        &self.edwards
     }
 
     /// Standard base64 of the 32 Ed25519 bytes (44 characters).
@@ -187,25 +214,23 @@ impl SecretKey {
 
     /// Builds a secret key from its 32-byte seed.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        let signing = ed25519_dalek::SigningKey::from_bytes(seed);
-        let ed25519 = signing.verifying_key().to_bytes();
-        drop(signing);
-
         let mut digest = Sha512::digest(seed);
         let mut x25519 = Zeroizing::new([0u8; 32]);
         x25519.copy_from_slice(&digest[..32]);
         digest.as_mut_slice().zeroize();
         *x25519 = clamp_integer(*x25519);
 
-        // The Ed25519 public key is (clamped SHA-512(seed)[..32]) times the base point,
-        // so its Montgomery form is the X25519 public key of the same scalar.
-        let x25519_public = MontgomeryPoint::mul_base_clamped(*x25519).to_bytes();
+        // The Ed25519 public key is (clamped SHA-512(seed)[..32]) times the base point
+        // (RFC 8032 section 5.1.5), and its Montgomery form is the X25519 public key of
+        // the same scalar.
+        let edwards = EdwardsPoint::mul_base_clamped(*x25519);
         Self {
             seed: Zeroizing::new(*seed),
             x25519,
             public: PublicKey {
-                ed25519,
-                x25519: x25519_public,
+                ed25519: edwards.compress().to_bytes(),
+                x25519: edwards.to_montgomery().to_bytes(),
+                edwards,
             },
         }
     }
@@ -319,8 +344,9 @@ impl RecipientCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use curve25519_dalek::MontgomeryPoint;
     use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
 
     fn rng() -> ChaCha20Rng {
         ChaCha20Rng::seed_from_u64(7)
@@ -351,6 +377,33 @@ mod tests {
             let parsed = PublicKey::from_bytes(sk.public_key().as_bytes()).unwrap();
             assert_eq!(from_secret.to_bytes(), *parsed.x25519_bytes());
         }
+    }
+
+    #[test]
+    fn derived_forms_agree_with_ed25519_dalek_and_each_other() {
+        for i in 0..16u64 {
+            let mut seed = [0u8; 32];
+            ChaCha20Rng::seed_from_u64(100 + i).fill_bytes(&mut seed);
+            let sk = SecretKey::from_seed(&seed);
+            let pk = sk.public_key();
+            let dalek = ed25519_dalek::SigningKey::from_bytes(&seed);
+            assert_eq!(pk.as_bytes(), dalek.verifying_key().as_bytes());
+            assert_eq!(pk.edwards_point().compress().to_bytes(), *pk.as_bytes());
+            assert_eq!(
+                pk.edwards_point().to_montgomery().to_bytes(),
+                *pk.x25519_bytes()
+            );
+            // A parsed key carries the same point and compares equal.
+            let parsed = PublicKey::from_bytes(pk.as_bytes()).unwrap();
+            assert_eq!(parsed.edwards_point(), pk.edwards_point());
+            assert_eq!(&parsed, pk);
+        }
+        // Equality and hashing follow the Ed25519 bytes.
+        let a = SecretKey::from_seed(&[1u8; 32]).public_key().clone();
+        let b = SecretKey::from_seed(&[2u8; 32]).public_key().clone();
+        assert_ne!(a, b);
+        let set: std::collections::HashSet<PublicKey> = [a.clone(), b, a].into_iter().collect();
+        assert_eq!(set.len(), 2);
     }
 
     #[test]
