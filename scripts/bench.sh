@@ -17,7 +17,7 @@
 # The whole report is also written to target/bench/report.md (JSON of parts 2 and 3 in
 # target/bench/*.json). Python comes from scripts/python-env.sh (.venv, pinned).
 #
-# Micro table: ours is criterion's mean point estimate from
+# Micro table: ours is criterion's median point estimate (the median, as for PyNaCl's timeit repeats: a busy machine inflates means) from
 # target/criterion/<id>/new/estimates.json. The PyNaCl envelope numbers include Python's
 # JSON/base64 work; the `box_*` rows (key pair + Box + XSalsa20-Poly1305 of 1 KB, almost
 # no Python) are libsodium's crypto alone, and the last column compares our whole
@@ -84,7 +84,7 @@ def ours(name):
     path = root / name / "new" / "estimates.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())["mean"]["point_estimate"]
+    return json.loads(path.read_text())["median"]["point_estimate"]
 
 
 def fmt(ns):
