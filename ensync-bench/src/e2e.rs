@@ -47,6 +47,10 @@ pub struct E2eArgs {
     /// `.venv/bin/python` of the workspace, as built by scripts/python-env.sh).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// The node's `max_in_flight` (unacknowledged events per subscription); the node's
+    /// default when unset.
+    #[arg(long)]
+    pub node_window: Option<usize>,
     /// Longest publishing phase of one scenario, in seconds.
     #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
@@ -277,8 +281,9 @@ struct Apps {
 pub fn run(args: &E2eArgs) -> Result<(), BoxError> {
     let dev = DevSetup::generate(11)?;
     let mut config = dev.config.clone();
-    // A generous window so the node does not throttle the concurrent scenarios.
-    config.max_in_flight = config.max_in_flight.max(1024);
+    if let Some(window) = args.node_window {
+        config.max_in_flight = window;
+    }
     let node = NodeProcess::spawn(&config)?;
     let mut apps = dev.apps.clone();
     let publisher = apps.remove(0);
