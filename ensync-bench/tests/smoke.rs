@@ -46,3 +46,42 @@ fn e2e_quick_run_delivers_every_event_on_every_rust_adapter() {
         assert!(r["p50_us"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+#[test]
+fn node_quick_run_keeps_the_whole_backlog_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("node.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ensync-bench"))
+        .args(["node", "--quick", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    let sections: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(sections.len(), 2, "{sections:#?}");
+    let rows = |i: usize| -> Vec<Vec<String>> {
+        serde_json::from_value(sections[i]["rows"].clone()).unwrap()
+    };
+    // Throughput: both commit modes, nothing failed.
+    let throughput = rows(0);
+    assert_eq!(throughput.len(), 4, "{throughput:?}");
+    for row in &throughput {
+        assert_eq!(
+            row.last().map(String::as_str),
+            Some("0"),
+            "failed publishes: {row:?}"
+        );
+    }
+    // Backlog: the node counts every published event, and again after the restart.
+    let backlog = rows(1);
+    let queued: Vec<&str> = backlog
+        .iter()
+        .filter(|r| r[0].contains("events queued"))
+        .map(|r| r[1].as_str())
+        .collect();
+    assert_eq!(queued, ["20000", "20000"], "{backlog:?}");
+}
