@@ -346,7 +346,11 @@ impl Client {
         ))
     }
 
-    /// Closes the connection. Calls still waiting fail with [`ErrorKind::Closed`].
+    /// Closes the connection. Calls still waiting fail with [`ErrorKind::Closed`], and
+    /// no more events are handed to handlers or streams. Automatic acknowledgements
+    /// already on their way (the events whose handlers returned) are given up to
+    /// [`CLOSE_GRACE`](ensync_proto::session::CLOSE_GRACE) (2 s) to reach the node first,
+    /// so those events are not delivered again to the app's next session.
     pub async fn close(&self) -> Result<()> {
         let (reply, result) = oneshot::channel();
         if self

@@ -255,7 +255,11 @@ fn run(cmds: &[Cmd], max_attempts: u32, speaks: Option<Generation>) {
     }
     let close = pair.session.close(pair.now);
     pair.track(close);
+    // A close waits (at most CLOSE_GRACE) for automatic acknowledgements in flight.
+    let limit = pair.now + ensync_proto::session::CLOSE_GRACE;
+    while !pair.session.is_closed() && pair.step(limit) {}
     pair.run_idle();
+    assert!(pair.session.is_closed(), "closed within the grace period");
     let completed: BTreeSet<_> = pair.completed.keys().copied().collect();
     assert_eq!(pair.issued(), &completed, "every op completes exactly once");
 }

@@ -1307,6 +1307,131 @@ fn close_fails_pending_ops_cancels_streams_and_refuses_commands() {
     assert_eq!(pair.session.poll_output(), None);
 }
 
+#[test]
+fn close_lets_an_automatic_ack_in_flight_finish() {
+    let mut pair = Pair::connected(config());
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", true);
+    let idem = pair.node.inject("a", &json!({"n": 1}));
+    pair.run_idle();
+    let token = *pair.running.keys().next().unwrap();
+    pair.latency = Duration::from_millis(50);
+    pair.finish(token, HandlerOutcome::Ok);
+    // The ack is on its way; the app closes right after its handler returned.
+    let close = pair.session.close(pair.now);
+    pair.track(close);
+    pair.run_idle();
+    assert!(pair.session.is_closing());
+    assert_eq!(pair.result(close), None, "waits for the ack");
+    assert_eq!(
+        pair.session.publish(
+            "a",
+            &["k"],
+            &json!({}),
+            None,
+            PublishOptions::default(),
+            pair.now
+        ),
+        Err(SessionError::Closed),
+        "no new work while closing"
+    );
+    pair.advance(Duration::from_millis(200));
+    assert_eq!(pair.result(close), Some(&Ok(OpOutcome::Closed)));
+    assert!(pair.session.is_closed());
+    assert_eq!(pair.node.event(&idem).unwrap().state, EvState::Acked);
+    assert!(matches!(
+        pair.outputs.last().map(|(_, o)| o),
+        Some(Output::Event(SessionEvent::Completed { op, .. })) if *op == close
+    ));
+    assert!(pair.outputs.iter().any(|(_, o)| *o == Output::Disconnect));
+}
+
+#[test]
+fn close_waits_for_a_running_auto_ack_handler_then_acks_its_event() {
+    let mut pair = Pair::connected(config());
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", true);
+    let idem = pair.node.inject("a", &json!({"n": 1}));
+    pair.run_idle();
+    let token = *pair.running.keys().next().unwrap();
+    let close = pair.session.close(pair.now);
+    pair.track(close);
+    pair.run_idle();
+    assert_eq!(pair.result(close), None, "the handler is still running");
+    pair.advance(Duration::from_millis(500));
+    pair.finish(token, HandlerOutcome::Ok);
+    pair.run_idle();
+    assert_eq!(pair.result(close), Some(&Ok(OpOutcome::Closed)));
+    assert_eq!(pair.node.event(&idem).unwrap().state, EvState::Acked);
+}
+
+#[test]
+fn close_does_not_wait_for_events_of_manual_ack_subscriptions() {
+    let mut pair = Pair::connected(config());
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", false);
+    pair.node.inject("a", &json!({"n": 1}));
+    pair.run_idle();
+    assert_eq!(pair.running.len(), 1);
+    let close = pair.session.close(pair.now);
+    pair.track(close);
+    pair.run_idle();
+    assert_eq!(pair.result(close), Some(&Ok(OpOutcome::Closed)));
+}
+
+#[test]
+fn close_gives_up_on_an_unanswered_ack_after_the_grace_period() {
+    let mut pair = Pair::connected(config());
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", true);
+    pair.node.inject("a", &json!({"n": 1}));
+    pair.run_idle();
+    pair.node.swallow.insert(RequestKind::Ack);
+    let token = *pair.running.keys().next().unwrap();
+    pair.finish(token, HandlerOutcome::Ok);
+    let start = pair.now;
+    let close = pair.session.close(pair.now);
+    pair.track(close);
+    pair.run_idle();
+    assert_eq!(pair.result(close), None);
+    // Events arriving meanwhile are not handed to the app.
+    pair.node.inject("a", &json!({"n": 2}));
+    pair.run_idle();
+    assert_eq!(pair.deliveries().len(), 1);
+    let grace = ensync_proto::session::CLOSE_GRACE; // below the 30 s request timeout
+    assert_eq!(pair.session.poll_timeout(), Some(start + grace));
+    pair.advance(grace);
+    assert_eq!(pair.result(close), Some(&Ok(OpOutcome::Closed)));
+    assert!(pair.session.is_closed());
+}
+
+#[test]
+fn connection_lost_while_closing_ends_the_close_without_reconnecting() {
+    let mut pair = Pair::connected(config());
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", true);
+    pair.node.inject("a", &json!({"n": 1}));
+    pair.run_idle();
+    pair.node.swallow.insert(RequestKind::Ack);
+    let token = *pair.running.keys().next().unwrap();
+    pair.finish(token, HandlerOutcome::Ok);
+    let close = pair.session.close(pair.now);
+    pair.track(close);
+    pair.run_idle();
+    pair.drop_connection();
+    pair.run_idle();
+    assert_eq!(pair.result(close), Some(&Ok(OpOutcome::Closed)));
+    assert!(pair.session.is_closed());
+    assert!(
+        !pair
+            .states()
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Reconnecting { .. })),
+        "{:?}",
+        pair.states()
+    );
+}
+
 // --------------------------------------------------------------- robustness
 
 #[test]

@@ -79,6 +79,35 @@ async fn auto_ack_empties_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_right_after_a_handler_keeps_its_automatic_ack() {
+    let node = TestNode::start(2).await;
+    let alice = node.client(0, fast_options()).await;
+    let to = node.app(1).public_key.clone();
+    let bob = node.client(1, fast_options()).await;
+    let mut sub = bob.subscribe("close/evt").await.unwrap();
+    let (handled, mut handled_rx) = futures::channel::mpsc::unbounded();
+    sub.on(move |event: Event| {
+        let _ = handled.unbounded_send(n_of(&event));
+        async {}
+    });
+    publish_n(&alice, &to, "close/evt", [1]).await;
+    assert_eq!(within("the handler", handled_rx.next()).await, Some(1));
+    // Closing at once: the automatic ack of the event just handled is still on its way.
+    bob.close().await.unwrap();
+    let stats = node.stats();
+    assert_eq!(
+        (stats.ready, stats.in_flight),
+        (0, 0),
+        "the ack reached the node before the close completed"
+    );
+
+    let bob = node.client(1, fast_options()).await;
+    let mut sub = bob.subscribe("close/evt").await.unwrap();
+    publish_n(&alice, &to, "close/evt", [100]).await;
+    assert_eq!(until_sentinel(&mut sub, 100).await, Vec::<i64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_ack_unacked_events_come_back_to_the_next_session() {
     let node = TestNode::start(2).await;
     let alice = node.client(0, fast_options()).await;

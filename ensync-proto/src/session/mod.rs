@@ -157,7 +157,24 @@ pub struct Session {
     heartbeat_call: Option<(CallId, Instant)>,
     recipients: RecipientCache,
     outputs: VecDeque<Output>,
+    /// Set by [`Session::close`] while automatic acknowledgements already sent are
+    /// given time to finish.
+    closing: Option<Closing>,
 }
+
+/// A close waiting for the automatic acknowledgements in flight.
+#[derive(Debug)]
+struct Closing {
+    /// The `close` ops to complete when done.
+    ops: Vec<OpId>,
+    /// Give up waiting at this time.
+    deadline: Instant,
+}
+
+/// The longest [`Session::close`] waits for automatic acknowledgements (and deferrals of
+/// failed events) already under way before it drops the connection; never longer than
+/// the request timeout.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,6 +345,7 @@ impl Session {
             subs: BTreeMap::new(),
             dedup,
             deliveries: HashMap::new(),
+            closing: None,
             next_heartbeat: None,
             heartbeat_call: None,
             recipients: RecipientCache::default(),
@@ -685,6 +703,16 @@ impl Session {
         outcome: HandlerOutcome,
         now: Instant,
     ) {
+        self.handler_finished_inner(delivery, outcome, now);
+        self.settle_closing(now);
+    }
+
+    fn handler_finished_inner(
+        &mut self,
+        delivery: DeliveryToken,
+        outcome: HandlerOutcome,
+        now: Instant,
+    ) {
         let Some(info) = self.deliveries.remove(&delivery) else {
             return;
         };
@@ -744,16 +772,59 @@ impl Session {
         }
     }
 
-    /// Closes the session: every pending operation fails with
-    /// [`SessionError::Closed`], streams are cancelled, the transport dropped; completes
-    /// with [`OpOutcome::Closed`]. Every later command fails with `Closed`.
+    /// Closes the session: every pending operation of the app fails with
+    /// [`SessionError::Closed`], no more events are handed over, and every later command
+    /// fails with `Closed`. Automatic acknowledgements (and deferrals of failed events)
+    /// already under way are given up to [`CLOSE_GRACE`] to finish, so the events the app
+    /// handled are not redelivered to its next session; then streams are cancelled, the
+    /// transport dropped, and the returned op completes with [`OpOutcome::Closed`].
     pub fn close(&mut self, now: Instant) -> OpId {
-        let _ = now;
         let op = self.alloc_op();
         if self.is_closed() {
             self.complete(op, Err(SessionError::Closed));
             return op;
         }
+        if let Some(closing) = &mut self.closing {
+            closing.ops.push(op);
+            return op;
+        }
+        if !(self.is_connected() && self.closing_has_work()) {
+            self.finish_close(vec![op]);
+            return op;
+        }
+        let app: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| o.internal.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in app {
+            let published = self.published_ids(id);
+            self.finish_op(id, Err(with_published(SessionError::Closed, published)));
+        }
+        let grace = CLOSE_GRACE.min(self.config.request_timeout);
+        self.closing = Some(Closing {
+            ops: vec![op],
+            deadline: deadline_after(now, grace),
+        });
+        op
+    }
+
+    /// What a close waits for: internal ops (automatic acks, deferrals of failed events)
+    /// under way, and events of auto-ack subscriptions still in the app's hands (their
+    /// handlers are running: their acks are about to come).
+    fn closing_has_work(&self) -> bool {
+        self.ops.values().any(|o| o.internal.is_some())
+            || self.deliveries.values().any(|d| d.auto_ack && !d.settled)
+    }
+
+    /// Whether [`close`](Session::close) is waiting for automatic acknowledgements.
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// Ends a close: fails what is left, cancels the streams, drops the transport.
+    fn finish_close(&mut self, ops: Vec<OpId>) {
         self.fail_all(&SessionError::Closed);
         let streams: Vec<CallId> = self.subs.values().filter_map(|s| s.call).collect();
         for call in streams {
@@ -767,8 +838,22 @@ impl Session {
         }
         self.enter_closed();
         self.emit_state(ConnectionState::Closed { error: None });
-        self.complete(op, Ok(OpOutcome::Closed));
-        op
+        for op in ops {
+            self.complete(op, Ok(OpOutcome::Closed));
+        }
+    }
+
+    /// Finishes a waiting close once nothing internal is pending or its time is up.
+    fn settle_closing(&mut self, now: Instant) {
+        let Some(closing) = &self.closing else {
+            return;
+        };
+        let done = closing.deadline <= now || !self.is_connected() || !self.closing_has_work();
+        if done {
+            if let Some(closing) = self.closing.take() {
+                self.finish_close(closing.ops);
+            }
+        }
     }
 
     // ------------------------------------------------------------------ inputs
@@ -776,6 +861,23 @@ impl Session {
     /// Feeds a transport fact. Inputs that make no sense in the current state (replies
     /// for unknown calls, duplicates, anything after close) are ignored.
     pub fn handle_input(&mut self, input: Input, now: Instant) {
+        if self.closing.is_some()
+            && matches!(
+                input,
+                Input::StreamItem { .. }
+                    | Input::StreamItemAt { .. }
+                    | Input::StreamOpened { .. }
+                    | Input::StreamEnded { .. }
+            )
+        {
+            // Closing: nothing more is handed to the app, nothing is resubscribed.
+            return;
+        }
+        self.handle_input_inner(input, now);
+        self.settle_closing(now);
+    }
+
+    fn handle_input_inner(&mut self, input: Input, now: Instant) {
         match input {
             Input::Connected => {
                 if let Phase::Opening { attempt, .. } = self.phase {
@@ -821,6 +923,12 @@ impl Session {
     /// Handles every timer due at `now` (operation deadlines, heartbeats, reconnect
     /// attempts, connect-step deadlines).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.settle_closing(now);
+        self.handle_timeout_inner(now);
+        self.settle_closing(now);
+    }
+
+    fn handle_timeout_inner(&mut self, now: Instant) {
         if self.is_closed() {
             return;
         }
@@ -897,6 +1005,9 @@ impl Session {
         for op in self.ops.values() {
             consider(op.deadline);
         }
+        if let Some(closing) = &self.closing {
+            consider(Some(closing.deadline));
+        }
         t
     }
 
@@ -930,7 +1041,7 @@ impl Session {
     }
 
     fn check_command(&self) -> Result<(), SessionError> {
-        if self.is_closed() {
+        if self.is_closed() || self.closing.is_some() {
             return Err(SessionError::Closed);
         }
         if self.app_ops >= self.config.max_in_flight {
@@ -1191,6 +1302,11 @@ impl Session {
         if !self.is_connected() {
             return;
         }
+        if let Some(closing) = self.closing.take() {
+            // Closing: no reconnect; what was still in flight is given up.
+            self.finish_close(closing.ops);
+            return;
+        }
         self.outputs.push_back(Output::Disconnect);
         self.heartbeat_call = None;
         self.next_heartbeat = None;
@@ -1249,6 +1365,11 @@ impl Session {
         self.fail_all(&error);
         self.enter_closed();
         self.emit_state(ConnectionState::Closed { error: Some(error) });
+        if let Some(closing) = self.closing.take() {
+            for op in closing.ops {
+                self.complete(op, Ok(OpOutcome::Closed));
+            }
+        }
     }
 
     /// Fails every pending op with `error` (ids in order).
