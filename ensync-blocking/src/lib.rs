@@ -218,8 +218,10 @@ impl Client {
         })
     }
 
-    /// Closes the connection; calls still waiting fail with [`ErrorKind::Closed`]. The
-    /// thread stops when the last handle is dropped.
+    /// Closes the connection; calls still waiting fail with [`ErrorKind::Closed`].
+    /// Automatic acknowledgements under way (events dropped just before) are given up
+    /// to 2 s to reach the node first, as in the async clients. The thread stops when
+    /// the last handle is dropped.
     pub fn close(&self) -> Result<()> {
         block_on(self.inner.client.close())
     }
