@@ -90,6 +90,16 @@ struct Scenario {
     event: String,
 }
 
+impl Scenario {
+    /// The public keys the scenario publishes to: its first `recipients` apps.
+    fn recipient_keys<'a>(&self, apps: &'a [DevApp]) -> Vec<&'a str> {
+        apps.iter()
+            .take(self.recipients)
+            .map(|a| a.public_key.as_str())
+            .collect()
+    }
+}
+
 fn scenarios(args: &E2eArgs) -> Vec<Scenario> {
     let (secs, scale) = if args.quick {
         (0.5, 20)
@@ -554,21 +564,9 @@ fn run_async_adapter(
             let mut sc = sc.clone();
             sc.event = format!("bench/{adapter}/{}", sc.id);
             eprintln!("{adapter} {} ...", sc.id);
-            let cpu0 = node.cpu_time();
-            let own0 = process_cpu_time(std::process::id());
-            let mut outcome =
-                match run_async_scenario(&publisher, &recipients, &apps.recipients, &sc).await {
-                    Ok(o) => o,
-                    Err(e) => Outcome {
-                        error: Some(e.to_string()),
-                        ..Outcome::default()
-                    },
-                };
-            outcome.node_cpu = cpu0.zip(node.cpu_time()).map(|(a, b)| b.saturating_sub(a));
-            outcome.client_cpu = own0
-                .zip(process_cpu_time(std::process::id()))
-                .map(|(a, b)| b.saturating_sub(a));
-            report_progress(adapter, &sc, &outcome);
+            let mark = CpuMark::now(node);
+            let result = run_async_scenario(&publisher, &recipients, &apps.recipients, &sc).await;
+            let outcome = mark.finish(node, adapter, &sc, result);
             out.push((sc, outcome));
         }
         for c in std::iter::once(&publisher).chain(&recipients) {
@@ -576,6 +574,43 @@ fn run_async_adapter(
         }
         Ok(out)
     })
+}
+
+/// CPU times of the node and of this process (the Rust clients) when a scenario starts.
+struct CpuMark {
+    node: Option<Duration>,
+    own: Option<Duration>,
+}
+
+impl CpuMark {
+    fn now(node: &NodeProcess) -> Self {
+        CpuMark {
+            node: node.cpu_time(),
+            own: process_cpu_time(std::process::id()),
+        }
+    }
+
+    /// The scenario's outcome (its error as an outcome), with the CPU time used since
+    /// the mark; reported on stderr.
+    fn finish(
+        self,
+        node: &NodeProcess,
+        adapter: &str,
+        sc: &Scenario,
+        result: Result<Outcome, BoxError>,
+    ) -> Outcome {
+        let mut outcome = result.unwrap_or_else(|e| Outcome {
+            error: Some(e.to_string()),
+            ..Outcome::default()
+        });
+        let since = |start: Option<Duration>, end: Option<Duration>| {
+            start.zip(end).map(|(a, b)| b.saturating_sub(a))
+        };
+        outcome.node_cpu = since(self.node, node.cpu_time());
+        outcome.client_cpu = since(self.own, process_cpu_time(std::process::id()));
+        report_progress(adapter, sc, &outcome);
+        outcome
+    }
 }
 
 /// CPU time per delivery, for a table.
@@ -618,11 +653,7 @@ async fn run_async_scenario(
         });
         subscriptions.push(sub);
     }
-    let to: Vec<&str> = recipient_apps
-        .iter()
-        .take(sc.recipients)
-        .map(|a| a.public_key.as_str())
-        .collect();
+    let to = sc.recipient_keys(recipient_apps);
     let pad = padding(sc.payload_bytes);
     let deadline = Duration::from_secs_f64(sc.max_seconds);
     let publish = |seq: usize| {
@@ -751,18 +782,9 @@ fn run_blocking(
         let mut sc = sc.clone();
         sc.event = format!("bench/blocking/{}", sc.id);
         eprintln!("blocking {} ...", sc.id);
-        let cpu0 = node.cpu_time();
-        let own0 = process_cpu_time(std::process::id());
-        let mut outcome = run_blocking_scenario(&publisher, &recipients, &apps.recipients, &sc)
-            .unwrap_or_else(|e| Outcome {
-                error: Some(e.to_string()),
-                ..Outcome::default()
-            });
-        outcome.node_cpu = cpu0.zip(node.cpu_time()).map(|(a, b)| b.saturating_sub(a));
-        outcome.client_cpu = own0
-            .zip(process_cpu_time(std::process::id()))
-            .map(|(a, b)| b.saturating_sub(a));
-        report_progress("blocking", &sc, &outcome);
+        let mark = CpuMark::now(node);
+        let result = run_blocking_scenario(&publisher, &recipients, &apps.recipients, &sc);
+        let outcome = mark.finish(node, "blocking", &sc, result);
         out.push((sc, outcome));
     }
     for c in std::iter::once(&publisher).chain(&recipients) {
@@ -778,11 +800,7 @@ fn run_blocking_scenario(
     sc: &Scenario,
 ) -> Result<Outcome, BoxError> {
     let recorder = Recorder::new(sc.count);
-    let to: Vec<&str> = recipient_apps
-        .iter()
-        .take(sc.recipients)
-        .map(|a| a.public_key.as_str())
-        .collect();
+    let to = sc.recipient_keys(recipient_apps);
     let pad = padding(sc.payload_bytes);
     let deadline = Duration::from_secs_f64(sc.max_seconds);
     let mut subscriptions = Vec::new();

@@ -1,30 +1,32 @@
 //! The benchmark harness itself works: a quick run of `ensync-bench e2e` with every Rust
-//! adapter delivers every published event, with no error. (Timings are not checked:
-//! benchmarks measure, they never fail tests.)
+//! adapter delivers every published event, with no error, and a quick `ensync-bench node`
+//! counts its whole backlog. (Timings are not checked: benchmarks measure, they never
+//! fail tests.)
 
 use std::process::Command;
 
-#[test]
-fn e2e_quick_run_delivers_every_event_on_every_rust_adapter() {
+/// Runs `ensync-bench` with `args` plus `--json <tmp>`; asserts it succeeded; returns
+/// its stdout and the JSON it wrote.
+fn run_bench(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("e2e.json");
+    let json = dir.path().join("out.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ensync-bench"))
-        .args([
-            "e2e",
-            "--quick",
-            "--adapters",
-            "tokio,h2,blocking,ws",
-            "--json",
-        ])
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("| seq-1k | tokio |"), "{stdout}");
+    let doc = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (stdout, doc)
+}
 
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+#[test]
+fn e2e_quick_run_delivers_every_event_on_every_rust_adapter() {
+    let (stdout, doc) = run_bench(&["e2e", "--quick", "--adapters", "tokio,h2,blocking,ws"]);
+    assert!(stdout.contains("| seq-1k | tokio |"), "{stdout}");
     let results = doc["results"].as_array().unwrap();
     // 4 adapters x 5 scenarios.
     assert_eq!(results.len(), 20, "{doc:#}");
@@ -49,19 +51,8 @@ fn e2e_quick_run_delivers_every_event_on_every_rust_adapter() {
 
 #[test]
 fn node_quick_run_keeps_the_whole_backlog_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("node.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ensync-bench"))
-        .args(["node", "--quick", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-
-    let sections: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, doc) = run_bench(&["node", "--quick"]);
+    let sections: Vec<serde_json::Value> = serde_json::from_value(doc).unwrap();
     assert_eq!(sections.len(), 2, "{sections:#?}");
     let rows = |i: usize| -> Vec<Vec<String>> {
         serde_json::from_value(sections[i]["rows"].clone()).unwrap()

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use ensync_proto::envelope;
 use ensync_proto::session::{
-    ConnectionState, Generation, GenerationChoice, HandlerOutcome, Input, InvalidInput, OpOutcome,
-    Output, PublishOptions, Reply, Request, RequestKind, RpcCode, RpcError, Session, SessionConfig,
-    SessionError, SessionEvent, SubscribeOptions, backoff_delay,
+    ConnectionState, DeliveryToken, Generation, GenerationChoice, HandlerOutcome, Input,
+    InvalidInput, OpOutcome, Output, PublishOptions, Reply, Request, RequestKind, RpcCode,
+    RpcError, Session, SessionConfig, SessionError, SessionEvent, SubscribeOptions, backoff_delay,
 };
 use ensync_proto::validate::ValidationError;
 use ensync_proto::wire;
@@ -1307,14 +1307,21 @@ fn close_fails_pending_ops_cancels_streams_and_refuses_commands() {
     assert_eq!(pair.session.poll_output(), None);
 }
 
-#[test]
-fn close_lets_an_automatic_ack_in_flight_finish() {
+/// A connected session with an auto-ack subscription `a` whose handler is running one
+/// event (handlers finish by hand): the pair, the event's id and its delivery token.
+fn handling_one_event() -> (Pair, String, DeliveryToken) {
     let mut pair = Pair::connected(config());
     pair.handler_mode = HandlerMode::Manual;
     subscribe(&mut pair, "a", true);
     let idem = pair.node.inject("a", &json!({"n": 1}));
     pair.run_idle();
     let token = *pair.running.keys().next().unwrap();
+    (pair, idem, token)
+}
+
+#[test]
+fn close_lets_an_automatic_ack_in_flight_finish() {
+    let (mut pair, idem, token) = handling_one_event();
     pair.latency = Duration::from_millis(50);
     pair.finish(token, HandlerOutcome::Ok);
     // The ack is on its way; the app closes right after its handler returned.
@@ -1348,12 +1355,7 @@ fn close_lets_an_automatic_ack_in_flight_finish() {
 
 #[test]
 fn close_waits_for_a_running_auto_ack_handler_then_acks_its_event() {
-    let mut pair = Pair::connected(config());
-    pair.handler_mode = HandlerMode::Manual;
-    subscribe(&mut pair, "a", true);
-    let idem = pair.node.inject("a", &json!({"n": 1}));
-    pair.run_idle();
-    let token = *pair.running.keys().next().unwrap();
+    let (mut pair, idem, token) = handling_one_event();
     let close = pair.session.close(pair.now);
     pair.track(close);
     pair.run_idle();
@@ -1381,13 +1383,8 @@ fn close_does_not_wait_for_events_of_manual_ack_subscriptions() {
 
 #[test]
 fn close_gives_up_on_an_unanswered_ack_after_the_grace_period() {
-    let mut pair = Pair::connected(config());
-    pair.handler_mode = HandlerMode::Manual;
-    subscribe(&mut pair, "a", true);
-    pair.node.inject("a", &json!({"n": 1}));
-    pair.run_idle();
+    let (mut pair, _, token) = handling_one_event();
     pair.node.swallow.insert(RequestKind::Ack);
-    let token = *pair.running.keys().next().unwrap();
     pair.finish(token, HandlerOutcome::Ok);
     let start = pair.now;
     let close = pair.session.close(pair.now);
@@ -1407,13 +1404,8 @@ fn close_gives_up_on_an_unanswered_ack_after_the_grace_period() {
 
 #[test]
 fn connection_lost_while_closing_ends_the_close_without_reconnecting() {
-    let mut pair = Pair::connected(config());
-    pair.handler_mode = HandlerMode::Manual;
-    subscribe(&mut pair, "a", true);
-    pair.node.inject("a", &json!({"n": 1}));
-    pair.run_idle();
+    let (mut pair, _, token) = handling_one_event();
     pair.node.swallow.insert(RequestKind::Ack);
-    let token = *pair.running.keys().next().unwrap();
     pair.finish(token, HandlerOutcome::Ok);
     let close = pair.session.close(pair.now);
     pair.track(close);
