@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark of issue 8 in one run, with a report:
 #
-#   scripts/bench.sh            everything (about 8 minutes on 2 cores, after the build)
+#   scripts/bench.sh            everything (about 5.5 minutes on 2 cores after the release
+#                               build; about 8.5 minutes from a fresh clone, build included)
 #   scripts/bench.sh --quick    a smoke run of every part (about a minute after the build)
 #   BENCH_ARGS="..." scripts/bench.sh   other criterion arguments for the micro-benchmarks
 #
