@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh            everything (about 5.5 minutes on 2 cores after the release
 #                               build; about 8.5 minutes from a fresh clone, build included)
-#   scripts/bench.sh --quick    a smoke run of every part (about a minute after the build)
+#   scripts/bench.sh --quick    a smoke run of every part (about 1.5 minutes after the build)
 #   BENCH_ARGS="..." scripts/bench.sh   other criterion arguments for the micro-benchmarks
 #
 # Parts, in order (each prints the load average before it: the numbers mean little on a
