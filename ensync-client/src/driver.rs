@@ -134,6 +134,7 @@ pub async fn start<T: Transport>(
         .max_reconnect_attempts(options.max_reconnect_attempts)
         .heartbeat_interval(transport.heartbeats().then_some(options.heartbeat_interval))
         .request_timeout(options.request_timeout)
+        .max_in_flight(options.max_in_flight)
         .generation(generation);
     if let Some(secret) = secret {
         config = config.secret_key(secret);
@@ -416,7 +417,6 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Output::Event(event) => self.event(event),
-                _ => {}
             }
         }
         // A stream item that produced no delivery (a duplicate, or a name nobody
@@ -525,10 +525,27 @@ impl<T: Transport> Driver<T> {
                 event_name,
                 idem,
                 error,
-            } if self.logging => {
-                tracing::warn!(event = %event_name, %idem, %error, "ensync: event could not be read");
+            } => {
+                if self.logging {
+                    tracing::warn!(event = %event_name, %idem, %error, "ensync: event could not be read");
+                }
             }
-            _ => {}
+            SessionEvent::AutoAckFailed {
+                event_name,
+                idem,
+                error,
+            } => {
+                // Informational: the node delivers the event again unless it was acked.
+                if self.logging {
+                    tracing::warn!(event = %event_name, %idem, %error, "ensync: automatic acknowledgement refused");
+                }
+            }
+            SessionEvent::StreamEnded { event_name, error } => {
+                // The subscription is kept (the session restores it at the next reconnect).
+                if self.logging {
+                    tracing::info!(event = %event_name, status = ?error, "ensync: subscribe stream ended");
+                }
+            }
         }
     }
 
@@ -594,7 +611,8 @@ impl<T: Transport> Driver<T> {
                 },
                 true,
             ),
-            _ => return,
+            // Only before `open`: the driver opens the session before it runs.
+            session::ConnectionState::Idle => return,
         };
         if self.logging {
             tracing::info!(state = ?public, "ensync: connection state");
@@ -620,7 +638,13 @@ fn outcome(outcome: OpOutcome) -> Outcome {
         OpOutcome::Published { ids } => Outcome::Published(ids),
         OpOutcome::Deferred { delivery_time_ms } => Outcome::Deferred(delivery_time_ms),
         OpOutcome::Replayed { payload } => Outcome::Replayed(payload),
-        _ => Outcome::Done,
+        OpOutcome::Subscribed
+        | OpOutcome::Unsubscribed
+        | OpOutcome::Acked
+        | OpOutcome::Discarded
+        | OpOutcome::Paused
+        | OpOutcome::Resumed
+        | OpOutcome::Closed => Outcome::Done,
     }
 }
 
@@ -642,7 +666,8 @@ fn map_error(error: SessionError) -> EnSyncError {
         SessionError::Timeout { .. } => ErrorKind::Timeout,
         SessionError::Closed => ErrorKind::Closed,
         SessionError::Unimplemented { .. } => ErrorKind::Unimplemented,
-        _ => ErrorKind::Connection,
+        SessionError::Overloaded { .. } => ErrorKind::Overloaded,
+        SessionError::Protocol { .. } => ErrorKind::Protocol,
     };
     let retryable = error.is_retryable();
     let ids = error.published_ids().to_vec();

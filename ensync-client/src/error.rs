@@ -37,6 +37,13 @@ pub enum ErrorKind {
     Closed,
     /// The node does not implement the call in either RPC generation.
     Unimplemented,
+    /// Too many calls are waiting for a reply
+    /// ([`EngineOptions::max_in_flight`](crate::EngineOptions::max_in_flight)).
+    /// Retryable once some complete.
+    Overloaded,
+    /// The node (or the transport) answered something that makes no sense for the
+    /// request, e.g. a reply of the wrong type.
+    Protocol,
 }
 
 impl fmt::Display for ErrorKind {
@@ -57,6 +64,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Closed => "client closed",
             ErrorKind::Unimplemented => "not implemented by the node",
+            ErrorKind::Overloaded => "too many pending calls",
+            ErrorKind::Protocol => "protocol error",
         };
         f.write_str(name)
     }

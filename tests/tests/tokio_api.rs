@@ -369,3 +369,56 @@ async fn wrong_secret_key_events_are_not_handed_over_and_not_lost() {
     assert_eq!(event.idem, ids[0]);
     assert_eq!(event.payload, json!({"n": 1}));
 }
+
+/// `EngineOptions::max_in_flight` reaches the session core: with room for 4096 calls,
+/// 2 000 publishes issued at once all succeed. They are issued while the node is down, so
+/// all 2 000 are pending in the core together (the core's own default limit is 1 024,
+/// which used to answer the rest with an overload error reported as a connection error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_concurrent_publishes_within_max_in_flight_all_succeed() {
+    let mut node = TestNode::start(2).await;
+    let alice = node
+        .client(
+            0,
+            fast_options()
+                .max_in_flight(4096)
+                .request_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    let bob = node.app(1).public_key.clone();
+    // An open subscribe stream tells the client at once that the node went away.
+    let _sub = alice.subscribe("load/idle").await.unwrap();
+    node.stop().await;
+    // Publishes sent on a connection the client still believes up would fail as "may
+    // have been applied"; wait until it knows the node is gone, so all of them queue.
+    ensync_tests::node::eventually("the client sees the node gone", || {
+        alice.state() != ConnectionState::Connected
+    })
+    .await;
+    let publishes: Vec<_> = (0..2000)
+        .map(|i| {
+            let alice = alice.clone();
+            let bob = bob.clone();
+            tokio::spawn(async move {
+                alice
+                    .publish("load/burst", &[bob.as_str()], &json!({ "i": i }))
+                    .await
+            })
+        })
+        .collect();
+    // Let every publish reach the core while it cannot send anything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.restart().await;
+    let results = within("2 000 publishes", futures::future::join_all(publishes)).await;
+    let results: Vec<_> = results.into_iter().map(|r| r.expect("task")).collect();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 2000 publishes failed, first: {:?}",
+        failed.len(),
+        failed.first().map(|e| (e.kind(), e.to_string()))
+    );
+    let ids: std::collections::HashSet<_> = results.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert_eq!(ids.len(), 2000, "one distinct event id per publish");
+    alice.close().await.unwrap();
+}

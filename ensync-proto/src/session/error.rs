@@ -9,7 +9,6 @@ use crate::validate::ValidationError;
 /// `EnSyncAuthError`, `EnSyncPublishError`, ...). [`SessionError::is_retryable`] tells
 /// a failure worth retrying (the connection was lost, a deadline passed) from a final one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum SessionError {
     /// The connection could not be opened or was lost. Retryable.
     ///

@@ -60,6 +60,14 @@
 //!   are internal: their success is not reported; a refusal by the node is reported as
 //!   [`SessionEvent::AutoAckFailed`].
 //!
+//! # Exhaustive on purpose
+//!
+//! [`Input`], [`Output`], [`SessionEvent`], [`SessionError`], [`OpOutcome`] and
+//! [`ConnectionState`] are *not* `#[non_exhaustive]`: an adapter matches every variant,
+//! so a variant added here fails to compile in each adapter until it is handled, rather
+//! than being dropped by a wildcard arm. (The SDK's public types in `ensync-client`,
+//! which applications match on, stay `#[non_exhaustive]`.)
+//!
 //! # Drive loop
 //!
 //! ```no_run
@@ -99,7 +107,6 @@
 //!                 }
 //!                 Output::Event(SessionEvent::State(ConnectionState::Closed { .. })) => closed = true,
 //!                 Output::Event(other) => println!("{other:?}"),
-//!                 _ => {}
 //!             }
 //!         }
 //!         if closed {

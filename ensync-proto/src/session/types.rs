@@ -86,7 +86,6 @@ impl Default for GenerationChoice {
 
 /// The kind of a [`Request`] (and of the [`Reply`] it expects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
 pub enum RequestKind {
     /// `Connect`.
     Connect,
@@ -166,7 +165,6 @@ impl RequestKind {
 
 /// A typed, transport-neutral RPC request.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Request {
     /// Authenticate with the access key.
     Connect(wire::ConnectRequest),
@@ -265,7 +263,6 @@ impl Call {
 
 /// A typed unary reply.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Reply {
     /// Reply to `Connect`.
     Connect(wire::ConnectResponse),
@@ -422,7 +419,6 @@ impl RpcError {
 
 /// A transport fact the adapter reports to the session.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Input {
     /// The transport asked for by [`Output::Connect`] is up.
     Connected,
@@ -468,7 +464,6 @@ pub enum Input {
 
 /// What the adapter must do next.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Output {
     /// Open the transport; answer with [`Input::Connected`] or [`Input::Disconnected`].
     Connect,
@@ -484,7 +479,6 @@ pub enum Output {
 
 /// The connection state, as the application sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ConnectionState {
     /// Created; `open` not called yet.
     Idle,
@@ -513,7 +507,6 @@ pub enum ConnectionState {
 
 /// The successful result of an operation.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum OpOutcome {
     /// `open`: authenticated.
     Opened {
@@ -578,7 +571,6 @@ pub struct Delivery {
 
 /// Something the application should know.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum SessionEvent {
     /// The connection state changed.
     State(ConnectionState),

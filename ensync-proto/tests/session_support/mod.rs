@@ -429,7 +429,6 @@ impl Node {
                     message: String::new(),
                 }))
             }
-            _ => Vec::new(),
         }
     }
 
@@ -674,7 +673,6 @@ impl Pair {
                     }
                 }
                 Output::Event(ev) => self.on_event(ev, &mut connected_in_batch),
-                other => panic!("unknown output {other:?}"),
             }
         }
         let _ = (saw_connect_call, first_after_connect);
