@@ -14,9 +14,9 @@ use rand_core::{CryptoRng, RngCore};
 use crate::envelope;
 use crate::keys::SecretKey;
 use crate::session::{
-    Call, CallId, DeliveryToken, GenerationChoice, HandlerOutcome, Input, OpId, Output,
-    PublishOptions, Reply, Request, RpcCode, RpcError, Session, SessionConfig, SessionEvent,
-    SubscribeOptions,
+    CLOSE_GRACE, Call, CallId, DeliveryToken, GenerationChoice, HandlerOutcome, Input, OpId,
+    Output, PublishOptions, Reply, Request, RpcCode, RpcError, Session, SessionConfig,
+    SessionEvent, SubscribeOptions,
 };
 use crate::wire;
 
@@ -399,10 +399,27 @@ pub fn run(data: &[u8]) {
     for op in &driver.completed {
         assert!(driver.issued.contains(op), "completed an op never issued");
     }
-    // Closing completes everything that was pending.
+    // Closing completes everything that was pending. A close first waits (at most
+    // CLOSE_GRACE) for automatic acks under way and for running auto-ack handlers: step
+    // time through that grace, as the transport's timer would.
     let close = driver.session.close(driver.now);
     driver.track(Ok(close));
     driver.drain();
+    let limit = driver.now + CLOSE_GRACE;
+    while !driver.session.is_closed() {
+        match driver.session.poll_timeout() {
+            Some(t) if t <= limit => {
+                driver.now = driver.now.max(t);
+                driver.session.handle_timeout(driver.now);
+                driver.drain();
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        driver.session.is_closed(),
+        "a close ends within CLOSE_GRACE"
+    );
     assert_eq!(
         driver.issued, driver.completed,
         "every op completes exactly once"
