@@ -145,7 +145,6 @@ pub struct Session {
     rng: BoxedRng,
     phase: Phase,
     public_state: ConnectionState,
-    ever_connected: bool,
     client_id: String,
     client_hash: String,
     /// Increments at every successful authentication.
@@ -338,7 +337,6 @@ impl Session {
             rng,
             phase: Phase::Idle,
             public_state: ConnectionState::Idle,
-            ever_connected: false,
             client_id: String::new(),
             client_hash: String::new(),
             epoch: 0,
@@ -1638,7 +1636,6 @@ impl Session {
         self.client_id = r.client_id;
         self.client_hash = r.client_hash;
         self.epoch += 1;
-        self.ever_connected = true;
         self.phase = Phase::Connected;
         self.heartbeat_call = None;
         self.next_heartbeat = self
