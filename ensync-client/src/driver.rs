@@ -12,8 +12,8 @@ use std::time::Instant;
 use async_lock::{Semaphore, SemaphoreGuardArc};
 use ensync_proto::keys::SecretKey;
 use ensync_proto::session::{
-    self, Call, CallId, Input, OpId, OpOutcome, Output, Reply, RpcError, Session, SessionConfig,
-    SessionError, SessionEvent,
+    self, Call, CallId, ConnectionId, Input, OpId, OpOutcome, Output, Reply, RpcError, Session,
+    SessionConfig, SessionError, SessionEvent,
 };
 use ensync_proto::wire;
 use futures::channel::{mpsc, oneshot};
@@ -72,15 +72,16 @@ enum Step<C> {
     Timer,
 }
 
-/// What IO tasks report back to the driver. `epoch` names the connection the fact is
-/// about, so facts about a connection already dropped are ignored.
+/// What IO tasks report back to the driver, named as the session named them: a
+/// connection attempt by its [`ConnectionId`], a call by its [`CallId`]. The session
+/// itself ignores facts about attempts and calls it has moved past.
 enum Io<C> {
-    Connected(u64, std::result::Result<C, String>),
-    Lost(u64, String),
-    Reply(u64, CallId, std::result::Result<Reply, RpcError>),
-    StreamOpened(u64, CallId),
-    StreamItem(u64, StreamItem, SemaphoreGuardArc),
-    StreamEnded(u64, CallId, Option<RpcError>),
+    Connected(ConnectionId, std::result::Result<C, String>),
+    Lost(ConnectionId, String),
+    Reply(CallId, std::result::Result<Reply, RpcError>),
+    StreamOpened(CallId),
+    StreamItem(CallId, StreamItem, SemaphoreGuardArc),
+    StreamEnded(CallId, Option<RpcError>),
 }
 
 struct Sink {
@@ -92,7 +93,8 @@ struct Driver<T: Transport> {
     executor: Executor,
     transport: Arc<T>,
     conn: Option<T::Conn>,
-    epoch: u64,
+    /// The attempt of the last [`Output::Connect`], while its transport is wanted.
+    current: Option<ConnectionId>,
     /// Dropped (which stops every task of the current connection) on disconnect.
     stop: oneshot::Sender<()>,
     stopped: SharedFuture<oneshot::Receiver<()>>,
@@ -159,7 +161,7 @@ pub async fn start<T: Transport>(
         executor: executor.clone(),
         transport: Arc::new(transport),
         conn: None,
-        epoch: 0,
+        current: None,
         stop,
         stopped: stopped.shared(),
         streams: HashMap::new(),
@@ -369,37 +371,41 @@ impl<T: Transport> Driver<T> {
 
     fn io(&mut self, io: Io<T::Conn>) {
         let now = Instant::now();
-        let current = self.epoch;
         let input = match io {
-            Io::Connected(epoch, _) if epoch != current => return,
-            Io::Connected(_, Ok(conn)) => {
-                let lost = self.transport.closed(&conn);
-                let io = self.io_tx.clone();
-                self.spawn_for_connection(async move {
-                    let _ = io.unbounded_send(Io::Lost(current, lost.await));
-                });
-                self.conn = Some(conn);
-                Input::Connected
+            Io::Connected(conn, Ok(transport)) => {
+                // A late connect of an attempt given up is dropped here (the session
+                // ignores the fact too).
+                if self.current == Some(conn) {
+                    let lost = self.transport.closed(&transport);
+                    let io = self.io_tx.clone();
+                    self.spawn_for_connection(async move {
+                        let _ = io.unbounded_send(Io::Lost(conn, lost.await));
+                    });
+                    self.conn = Some(transport);
+                }
+                Input::Connected { conn }
             }
-            Io::Connected(_, Err(reason)) => Input::Disconnected { reason },
-            Io::Lost(epoch, reason) if epoch == current => {
-                self.disconnect();
-                Input::Disconnected { reason }
+            Io::Connected(conn, Err(reason)) => Input::Disconnected { conn, reason },
+            Io::Lost(conn, reason) => {
+                if self.current == Some(conn) {
+                    self.disconnect();
+                }
+                Input::Disconnected { conn, reason }
             }
-            Io::Reply(epoch, call, result) if epoch == current => Input::Reply { call, result },
-            Io::StreamOpened(epoch, call) if epoch == current => Input::StreamOpened { call },
-            Io::StreamItem(epoch, (event, logged_at), permit) if epoch == current => {
+            Io::Reply(call, result) => Input::Reply { call, result },
+            Io::StreamOpened(call) => Input::StreamOpened { call },
+            Io::StreamItem(call, (event, logged_at), permit) => {
                 self.permit = Some(permit);
-                match logged_at {
-                    Some(timestamp) => Input::StreamItemAt { event, timestamp },
-                    None => Input::StreamItem { event },
+                Input::StreamItem {
+                    call,
+                    event,
+                    logged_at,
                 }
             }
-            Io::StreamEnded(epoch, call, error) if epoch == current => {
+            Io::StreamEnded(call, error) => {
                 self.streams.remove(&call);
                 Input::StreamEnded { call, error }
             }
-            _ => return,
         };
         self.session.handle_input(input, now);
     }
@@ -408,7 +414,7 @@ impl<T: Transport> Driver<T> {
     fn drain(&mut self) {
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Connect => self.connect(),
+                Output::Connect { conn } => self.connect(conn),
                 Output::Disconnect => self.disconnect(),
                 Output::Call(call) => self.call(call),
                 Output::CancelStream(id) => {
@@ -433,18 +439,18 @@ impl<T: Transport> Driver<T> {
         })
     }
 
-    fn connect(&mut self) {
+    fn connect(&mut self, conn: ConnectionId) {
         self.disconnect();
-        let epoch = self.epoch;
+        self.current = Some(conn);
         let io = self.io_tx.clone();
         let connecting = self.transport.connect();
         self.spawn_for_connection(async move {
-            let _ = io.unbounded_send(Io::Connected(epoch, connecting.await));
+            let _ = io.unbounded_send(Io::Connected(conn, connecting.await));
         });
     }
 
     fn disconnect(&mut self) {
-        self.epoch += 1;
+        self.current = None;
         self.conn = None;
         let (stop, stopped) = oneshot::channel();
         // Dropping the old sender stops every task of the old connection.
@@ -454,12 +460,10 @@ impl<T: Transport> Driver<T> {
     }
 
     fn call(&mut self, call: Call) {
-        let epoch = self.epoch;
         let io = self.io_tx.clone();
         let id = call.id;
         let Some(conn) = self.conn.clone() else {
             let _ = io.unbounded_send(Io::Reply(
-                epoch,
                 id,
                 Err(RpcError::new(
                     session::RpcCode::Unavailable,
@@ -475,25 +479,25 @@ impl<T: Transport> Driver<T> {
                 let mut stream = match opening.await {
                     Ok(stream) => stream,
                     Err(e) => {
-                        let _ = io.unbounded_send(Io::StreamEnded(epoch, id, Some(e)));
+                        let _ = io.unbounded_send(Io::StreamEnded(id, Some(e)));
                         return;
                     }
                 };
-                let _ = io.unbounded_send(Io::StreamOpened(epoch, id));
+                let _ = io.unbounded_send(Io::StreamOpened(id));
                 loop {
                     // Take a buffer slot before reading: a slow consumer stops the
                     // reading, and flow control pushes back on the node.
                     let permit = buffer.acquire_arc().await;
                     match stream.next().await {
                         Some(Ok(item)) => {
-                            let _ = io.unbounded_send(Io::StreamItem(epoch, item, permit));
+                            let _ = io.unbounded_send(Io::StreamItem(id, item, permit));
                         }
                         Some(Err(e)) => {
-                            let _ = io.unbounded_send(Io::StreamEnded(epoch, id, Some(e)));
+                            let _ = io.unbounded_send(Io::StreamEnded(id, Some(e)));
                             return;
                         }
                         None => {
-                            let _ = io.unbounded_send(Io::StreamEnded(epoch, id, None));
+                            let _ = io.unbounded_send(Io::StreamEnded(id, None));
                             return;
                         }
                     }
@@ -503,7 +507,7 @@ impl<T: Transport> Driver<T> {
         } else {
             let calling = self.transport.unary(&conn, call);
             self.spawn_for_connection(async move {
-                let _ = io.unbounded_send(Io::Reply(epoch, id, calling.await));
+                let _ = io.unbounded_send(Io::Reply(id, calling.await));
             });
         }
     }

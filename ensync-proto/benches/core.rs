@@ -16,7 +16,7 @@ use ensync_proto::framing::{self, FrameDecoder};
 use ensync_proto::keys::{PublicKey, SecretKey};
 use ensync_proto::payload_meta;
 use ensync_proto::session::{
-    HandlerOutcome, Input, Output, Reply, Request, Session, SessionConfig, SessionEvent,
+    CallId, HandlerOutcome, Input, Output, Reply, Request, Session, SessionConfig, SessionEvent,
     SubscribeOptions,
 };
 use ensync_proto::wire;
@@ -135,7 +135,9 @@ fn bench_codecs(c: &mut Criterion) {
 
 /// A session connected and subscribed to `bench/orders`, without IO: its calls are
 /// answered directly.
-fn connected_session(secret: Arc<SecretKey>, now: Instant) -> Session {
+/// A session connected to a scripted node, subscribed to `bench/orders`, and the call
+/// id of its subscribe stream.
+fn connected_session(secret: Arc<SecretKey>, now: Instant) -> (Session, CallId) {
     let client_hash = secret.public_key().to_base64();
     let config = SessionConfig::new("bench-access-key")
         .secret_key(secret)
@@ -143,6 +145,7 @@ fn connected_session(secret: Arc<SecretKey>, now: Instant) -> Session {
     let mut session = Session::new(config, now);
     session.open(now);
     let mut subscribed = false;
+    let mut stream = None;
     for _ in 0..64 {
         let Some(output) = session.poll_output() else {
             if subscribed || !session.is_connected() {
@@ -155,7 +158,7 @@ fn connected_session(secret: Arc<SecretKey>, now: Instant) -> Session {
             continue;
         };
         match output {
-            Output::Connect => session.handle_input(Input::Connected, now),
+            Output::Connect { conn } => session.handle_input(Input::Connected { conn }, now),
             Output::Call(call) => match call.request {
                 Request::Connect(_) => session.handle_input(
                     Input::Reply {
@@ -170,6 +173,7 @@ fn connected_session(secret: Arc<SecretKey>, now: Instant) -> Session {
                     now,
                 ),
                 Request::Subscribe(_) => {
+                    stream = Some(call.id);
                     session.handle_input(Input::StreamOpened { call: call.id }, now)
                 }
                 other => panic!("unexpected call during setup: {other:?}"),
@@ -178,7 +182,7 @@ fn connected_session(secret: Arc<SecretKey>, now: Instant) -> Session {
         }
     }
     assert!(session.is_connected() && session.is_subscribed("bench/orders"));
-    session
+    (session, stream.expect("a subscribe stream"))
 }
 
 fn bench_session(c: &mut Criterion) {
@@ -186,7 +190,7 @@ fn bench_session(c: &mut Criterion) {
     let sender = SecretKey::from_seed(&[9u8; 32]).public_key().to_base64();
     let sealed = envelope::encrypt_single(payload_1k().as_bytes(), secret.public_key(), &mut OsRng);
     let now = Instant::now();
-    let mut session = connected_session(secret, now);
+    let (mut session, stream) = connected_session(secret, now);
     let mut counter: u64 = 0;
     // One event through the machine: stream item -> decrypted delivery -> handler
     // finished OK -> auto-ack call -> ack reply. Each event has a fresh id (the
@@ -195,7 +199,14 @@ fn bench_session(c: &mut Criterion) {
         b.iter(|| {
             counter += 1;
             let event = stream_event(&format!("evt-{counter}"), &sealed, &sender);
-            session.handle_input(Input::StreamItem { event }, now);
+            session.handle_input(
+                Input::StreamItem {
+                    call: stream,
+                    event,
+                    logged_at: None,
+                },
+                now,
+            );
             let mut token = None;
             while let Some(output) = session.poll_output() {
                 if let Output::Event(SessionEvent::Delivery(d)) = output {

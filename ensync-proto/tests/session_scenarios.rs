@@ -3,13 +3,14 @@
 
 mod session_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ensync_proto::envelope;
 use ensync_proto::session::{
-    ConnectionState, DeliveryToken, Generation, GenerationChoice, HandlerOutcome, Input,
-    InvalidInput, OpOutcome, Output, PublishOptions, Reply, Request, RequestKind, RpcCode,
-    RpcError, Session, SessionConfig, SessionError, SessionEvent, SubscribeOptions, backoff_delay,
+    CallId, ConnectionId, ConnectionState, DeliveryToken, Generation, GenerationChoice,
+    HandlerOutcome, Input, InvalidInput, OpOutcome, Output, PublishOptions, Reply, Request,
+    RequestKind, RpcCode, RpcError, Session, SessionConfig, SessionError, SessionEvent,
+    SubscribeOptions, backoff_delay,
 };
 use ensync_proto::validate::ValidationError;
 use ensync_proto::wire;
@@ -27,6 +28,17 @@ fn subscribe(pair: &mut Pair, name: &str, auto_ack: bool) {
     let op = pair.track_result(r).expect("subscribe accepted");
     pair.run_idle();
     assert_eq!(pair.result(op), Some(&Ok(OpOutcome::Subscribed)));
+}
+
+/// The call id of the open subscribe stream of `name` (as the scripted node sees it).
+fn stream_of(pair: &Pair, name: &str) -> CallId {
+    *pair
+        .node
+        .streams
+        .iter()
+        .find(|(_, n)| n.as_str() == name)
+        .unwrap_or_else(|| panic!("no open stream for {name}"))
+        .0
 }
 
 fn node_call_count(pair: &Pair, kind: RequestKind) -> usize {
@@ -61,9 +73,13 @@ fn open_connects_then_authenticates() {
             ConnectionState::Connecting
         )))
     );
-    assert_eq!(pair.session.poll_output(), Some(Output::Connect));
+    let conn = match pair.session.poll_output() {
+        Some(Output::Connect { conn }) => conn,
+        other => panic!("expected Connect, got {other:?}"),
+    };
     assert_eq!(pair.session.poll_output(), None);
-    pair.session.handle_input(Input::Connected, pair.now);
+    pair.session
+        .handle_input(Input::Connected { conn }, pair.now);
     match pair.session.poll_output() {
         Some(Output::Call(call)) => {
             assert_eq!(call.path(), "/ensync.EnSyncService/Connect");
@@ -158,7 +174,7 @@ fn first_open_transport_failure_fails_promptly_without_retry() {
     let connects = pair
         .outputs
         .iter()
-        .filter(|(_, o)| *o == Output::Connect)
+        .filter(|(_, o)| matches!(o, Output::Connect { .. }))
         .count();
     assert_eq!(connects, 1, "no retry loop on the first open");
     assert_eq!(
@@ -330,7 +346,7 @@ fn reconnect_attempts_back_off_then_give_up() {
     let connect_times: Vec<Duration> = pair
         .outputs
         .iter()
-        .filter(|(_, o)| *o == Output::Connect)
+        .filter(|(_, o)| matches!(o, Output::Connect { .. }))
         .map(|(t, _)| *t - t0)
         .collect();
     assert_eq!(
@@ -893,6 +909,8 @@ fn unsubscribe_cancels_the_stream_and_forgets_the_subscription() {
     let payload = envelope::encrypt_single(b"{}", app_secret().public_key(), &mut rand_core::OsRng);
     pair.session.handle_input(
         Input::StreamItem {
+            call: stream,
+            logged_at: None,
             event: wire::EventStreamResponse {
                 event_idem: "late".into(),
                 event_name: "a".into(),
@@ -958,9 +976,12 @@ fn events_without_idem_or_block_are_not_auto_acked() {
     let mut pair = Pair::connected(config());
     subscribe(&mut pair, "a", true);
     let payload = envelope::encrypt_single(b"{}", app_secret().public_key(), &mut rand_core::OsRng);
+    let stream = stream_of(&pair, "a");
     for (idem, block) in [("", 5), ("evt-x", 0)] {
         pair.session.handle_input(
             Input::StreamItem {
+                call: stream,
+                logged_at: None,
                 event: wire::EventStreamResponse {
                     event_idem: idem.into(),
                     event_name: "a".into(),
@@ -1162,7 +1183,10 @@ fn dedup_memory_is_bounded() {
     pair.handler_mode = HandlerMode::Manual;
     subscribe(&mut pair, "a", false);
     let payload = envelope::encrypt_single(b"{}", app_secret().public_key(), &mut rand_core::OsRng);
+    let stream = stream_of(&pair, "a");
     let item = |idem: &str| Input::StreamItem {
+        call: stream,
+        logged_at: None,
         event: wire::EventStreamResponse {
             event_idem: idem.into(),
             event_name: "a".into(),
@@ -1301,9 +1325,16 @@ fn close_fails_pending_ops_cancels_streams_and_refuses_commands() {
     assert_eq!(pair.result(again), Some(&Err(SessionError::Closed)));
     assert_eq!(pair.session.poll_timeout(), None);
     // Inputs after close are ignored.
-    pair.session.handle_input(Input::Connected, pair.now);
+    let conn = ConnectionId::from_raw(1);
     pair.session
-        .handle_input(Input::Disconnected { reason: "x".into() }, pair.now);
+        .handle_input(Input::Connected { conn }, pair.now);
+    pair.session.handle_input(
+        Input::Disconnected {
+            conn,
+            reason: "x".into(),
+        },
+        pair.now,
+    );
     assert_eq!(pair.session.poll_output(), None);
 }
 
@@ -1455,7 +1486,9 @@ fn odd_inputs_are_ignored_or_fail_only_their_op() {
         .handle_input(Input::StreamOpened { call }, pair.now);
     pair.session
         .handle_input(Input::StreamEnded { call, error: None }, pair.now);
-    pair.session.handle_input(Input::Connected, pair.now);
+    let conn = pair.transport().expect("connected");
+    pair.session
+        .handle_input(Input::Connected { conn }, pair.now);
     pair.run_idle();
     assert!(pair.result(op).is_none());
     assert!(pair.session.is_connected());
@@ -1550,4 +1583,146 @@ fn call_paths_and_reply_decoding() {
     );
     assert!(Reply::decode(RequestKind::Subscribe, &bytes).is_err());
     assert!(Reply::decode(RequestKind::Connect, &[0xff, 0xff]).is_err());
+}
+
+// ------------------------------------------------------- contract with the adapter
+
+/// A late `Connected` for an attempt the session gave up (it timed out) is ignored,
+/// even while a newer attempt is opening: no `Connect` call goes out on the abandoned
+/// transport, and the newer attempt connects normally.
+#[test]
+fn a_late_connected_of_an_abandoned_attempt_is_ignored() {
+    let mut pair = Pair::connected(config().request_timeout(Duration::from_secs(2)));
+    pair.connect_hangs = true;
+    pair.drop_connection();
+    let attempts = |pair: &Pair| -> Vec<ConnectionId> {
+        pair.outputs
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Output::Connect { conn } => Some(*conn),
+                _ => None,
+            })
+            .collect()
+    };
+    // The first reconnect attempt hangs past its deadline; wait for the next one.
+    let limit = pair.now + 120 * S;
+    while attempts(&pair).len() < 3 {
+        assert!(pair.step(limit), "a second reconnect attempt by {limit:?}");
+    }
+    let seen = attempts(&pair);
+    let (abandoned, opening) = (seen[1], seen[2]);
+    assert_eq!(
+        pair.transport(),
+        Some(opening),
+        "the newer attempt is opening"
+    );
+    pair.session
+        .handle_input(Input::Connected { conn: abandoned }, pair.now);
+    assert_eq!(
+        pair.session.poll_output(),
+        None,
+        "nothing is sent on an abandoned transport"
+    );
+    pair.session
+        .handle_input(Input::Connected { conn: opening }, pair.now);
+    pair.connect_hangs = false;
+    pair.run_idle();
+    assert!(pair.session.is_connected(), "the newer attempt connects");
+}
+
+/// The loss of a connection already replaced does not tear down the current one.
+#[test]
+fn a_stale_disconnected_does_not_drop_the_current_connection() {
+    let mut pair = Pair::connected(config());
+    subscribe(&mut pair, "a", true);
+    let old = pair.transport().expect("connected");
+    pair.drop_connection();
+    pair.advance(10 * S);
+    assert!(pair.session.is_connected(), "reconnected");
+    let current = pair.transport().expect("connected");
+    assert_ne!(old, current);
+    let connects = |pair: &Pair| {
+        pair.outputs
+            .iter()
+            .filter(|(_, o)| matches!(o, Output::Connect { .. }))
+            .count()
+    };
+    let before = connects(&pair);
+    pair.session.handle_input(
+        Input::Disconnected {
+            conn: old,
+            reason: "late report of the old socket".into(),
+        },
+        pair.now,
+    );
+    pair.run_idle();
+    assert!(pair.session.is_connected());
+    assert_eq!(connects(&pair), before, "no reconnect for a stale loss");
+    // The live connection still delivers.
+    let idem = pair
+        .node
+        .inject("a", &serde_json::json!({"after": "stale"}));
+    pair.run_idle();
+    assert!(
+        pair.deliveries().iter().any(|d| d.idem == idem),
+        "the event published after the stale loss is delivered"
+    );
+}
+
+/// An item on a call that is not an open subscribe stream (unknown, or a unary call)
+/// is ignored; one on the open stream is delivered, with its log time.
+#[test]
+fn stream_items_need_an_open_stream_and_carry_their_log_time() {
+    let mut pair = Pair::connected(config());
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", false);
+    let payload = envelope::encrypt_single(b"{}", app_secret().public_key(), &mut rand_core::OsRng);
+    let item = |call: CallId, idem: &str| Input::StreamItem {
+        call,
+        logged_at: Some(1_700_000_000_123),
+        event: wire::EventStreamResponse {
+            event_idem: idem.into(),
+            event_name: "a".into(),
+            payload: payload.clone(),
+            partition_block: 1,
+            ..Default::default()
+        },
+    };
+    let deliveries = |pair: &Pair| {
+        pair.events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::Delivery(d) => Some((d.idem.clone(), d.timestamp)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    pair.session
+        .handle_input(item(CallId::from_raw(987_654), "nowhere"), pair.now);
+    pair.run_idle();
+    assert!(deliveries(&pair).is_empty(), "{:?}", deliveries(&pair));
+    let stream = stream_of(&pair, "a");
+    pair.session.handle_input(item(stream, "here"), pair.now);
+    pair.run_idle();
+    assert_eq!(
+        deliveries(&pair),
+        vec![("here".to_owned(), Some(1_700_000_000_123))]
+    );
+}
+
+/// Time only moves forward: an instant earlier than one already seen is taken as the
+/// latest (a deadline is never computed from the past).
+#[test]
+fn an_earlier_now_is_taken_as_the_latest_seen() {
+    let start = Instant::now();
+    let later = start + 100 * S;
+    let mut session = Session::new(config(), later);
+    let _open = session.open(start);
+    // The connect deadline is counted from `later`, not from the earlier `start`.
+    let deadline = session.poll_timeout().expect("a connect deadline");
+    assert!(
+        deadline >= later,
+        "deadline {:?} before the session's clock",
+        deadline - start
+    );
 }

@@ -14,8 +14,8 @@ use rand_core::{CryptoRng, RngCore};
 use crate::envelope;
 use crate::keys::SecretKey;
 use crate::session::{
-    CLOSE_GRACE, Call, CallId, DeliveryToken, GenerationChoice, HandlerOutcome, Input, OpId,
-    Output, PublishOptions, Reply, Request, RpcCode, RpcError, Session, SessionConfig,
+    CLOSE_GRACE, Call, CallId, ConnectionId, DeliveryToken, GenerationChoice, HandlerOutcome,
+    Input, OpId, Output, PublishOptions, Reply, Request, RpcCode, RpcError, Session, SessionConfig,
     SessionEvent, SubscribeOptions,
 };
 use crate::wire;
@@ -144,6 +144,8 @@ fn code(b: u8) -> RpcCode {
 struct Driver {
     session: Session,
     now: Instant,
+    /// The attempt of the last `Output::Connect`.
+    conn: ConnectionId,
     calls: Vec<Call>,
     tokens: Vec<DeliveryToken>,
     issued: BTreeSet<OpId>,
@@ -169,6 +171,7 @@ impl Driver {
                 Output::Event(SessionEvent::Completed { op, .. }) => {
                     assert!(self.completed.insert(op), "op {op:?} completed twice");
                 }
+                Output::Connect { conn } => self.conn = conn,
                 Output::Disconnect => self.calls.clear(),
                 _ => {}
             }
@@ -272,10 +275,16 @@ impl Driver {
                 let op = self.session.close(now);
                 self.track(Ok(op));
             }
-            7 => self.session.handle_input(Input::Connected, now),
-            8 => self
+            7 => self
                 .session
-                .handle_input(Input::Disconnected { reason: "x".into() }, now),
+                .handle_input(Input::Connected { conn: self.conn }, now),
+            8 => self.session.handle_input(
+                Input::Disconnected {
+                    conn: self.conn,
+                    reason: "x".into(),
+                },
+                now,
+            ),
             9..=11 => {
                 // Reply to a call the session made.
                 let b = data.byte();
@@ -320,7 +329,28 @@ impl Driver {
                     },
                     sender: "s".to_owned(),
                 };
-                self.session.handle_input(Input::StreamItem { event }, now);
+                // On a subscribe stream the session opened (or, rarely, on a call that
+                // is not one: such items must be ignored).
+                let streams: Vec<CallId> = self
+                    .calls
+                    .iter()
+                    .filter(|c| c.is_streaming())
+                    .map(|c| c.id)
+                    .collect();
+                let call = if streams.is_empty() || b == 0xff {
+                    CallId::from_raw(u64::MAX)
+                } else {
+                    streams[usize::from(c) % streams.len()]
+                };
+                let logged_at = (c & 0x10 != 0).then_some(1_700_000_000_000);
+                self.session.handle_input(
+                    Input::StreamItem {
+                        call,
+                        event,
+                        logged_at,
+                    },
+                    now,
+                );
             }
             14 => {
                 let b = data.byte();
@@ -339,9 +369,16 @@ impl Driver {
                 // Inputs about calls that never existed.
                 let b = data.byte();
                 let call = CallId::from_raw(u64::from(b));
-                let input = match b % 3 {
+                let conn = ConnectionId::from_raw(u64::from(b));
+                let input = match b % 5 {
                     0 => Input::StreamOpened { call },
                     1 => Input::StreamEnded { call, error: None },
+                    // Facts about a transport attempt that is not the current one.
+                    2 if conn != self.conn => Input::Connected { conn },
+                    3 if conn != self.conn => Input::Disconnected {
+                        conn,
+                        reason: "stale".into(),
+                    },
                     _ => Input::Reply {
                         call,
                         result: Ok(Reply::Ack(wire::AcknowledgeResponse::default())),
@@ -383,6 +420,7 @@ pub fn run(data: &[u8]) {
     let mut driver = Driver {
         session: Session::new(config, now),
         now,
+        conn: ConnectionId::from_raw(0),
         calls: Vec::new(),
         tokens: Vec::new(),
         issued: BTreeSet::new(),

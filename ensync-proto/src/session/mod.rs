@@ -73,14 +73,15 @@
 //! ```no_run
 //! use std::time::Instant;
 //! use ensync_proto::session::{
-//!     Call, CallId, ConnectionState, HandlerOutcome, Input, Output, Session, SessionConfig,
-//!     SessionEvent,
+//!     Call, CallId, ConnectionId, ConnectionState, HandlerOutcome, Input, Output, Session,
+//!     SessionConfig, SessionEvent,
 //! };
 //!
 //! /// Whatever IO the adapter does (sockets, HTTP/2 streams, a WebSocket).
 //! trait Io {
-//!     /// Start opening the transport; report `Input::Connected` or `Input::Disconnected`.
-//!     fn open(&mut self);
+//!     /// Start opening the transport (dropping any other); report `Input::Connected` or
+//!     /// `Input::Disconnected` quoting `conn`, and `Input::Disconnected` if it is lost.
+//!     fn open(&mut self, conn: ConnectionId);
 //!     /// Drop the transport and every call on it.
 //!     fn close(&mut self);
 //!     /// Start an RPC; report `Input::Reply`, or `StreamOpened`/`StreamItem`/`StreamEnded`.
@@ -97,7 +98,7 @@
 //!         let mut closed = false;
 //!         while let Some(output) = session.poll_output() {
 //!             match output {
-//!                 Output::Connect => io.open(),
+//!                 Output::Connect { conn } => io.open(conn),
 //!                 Output::Disconnect => io.close(),
 //!                 Output::Call(call) => io.call(call),
 //!                 Output::CancelStream(id) => io.cancel(id),
@@ -131,9 +132,9 @@ use std::time::{Duration, Instant};
 pub use config::{BoxedRng, SessionConfig, backoff_delay};
 pub use error::{InvalidInput, SessionError};
 pub use types::{
-    Call, CallId, ConnectionState, Delivery, DeliveryToken, Generation, GenerationChoice,
-    HandlerOutcome, Input, OpId, OpOutcome, Output, PublishOptions, Reply, ReplyDecodeError,
-    Request, RequestKind, RpcCode, RpcError, SessionEvent, SubscribeOptions,
+    Call, CallId, ConnectionId, ConnectionState, Delivery, DeliveryToken, Generation,
+    GenerationChoice, HandlerOutcome, Input, OpId, OpOutcome, Output, PublishOptions, Reply,
+    ReplyDecodeError, Request, RequestKind, RpcCode, RpcError, SessionEvent, SubscribeOptions,
 };
 
 use crate::keys::{PublicKey, RecipientCache, SecretKey};
@@ -149,6 +150,11 @@ pub struct Session {
     client_hash: String,
     /// Increments at every successful authentication.
     epoch: u64,
+    /// The transport attempt the session last asked for ([`Output::Connect`]); facts
+    /// about any other attempt are stale.
+    transport: Option<ConnectionId>,
+    /// The latest `now` seen: time only moves forward for the session.
+    now: Instant,
     generation: Generation,
     generation_switched: bool,
     next_id: u64,
@@ -322,8 +328,10 @@ fn survives_reconnect(kind: &OpKind) -> bool {
 
 impl Session {
     /// A new idle session; nothing is sent until [`Session::open`].
+    ///
+    /// `now` starts the session's clock: an earlier instant given to a later call is
+    /// taken as this latest one (time only moves forward).
     pub fn new(mut config: SessionConfig, now: Instant) -> Self {
-        let _ = now;
         let rng = config
             .rng
             .take()
@@ -340,6 +348,8 @@ impl Session {
             client_id: String::new(),
             client_hash: String::new(),
             epoch: 0,
+            transport: None,
+            now,
             generation,
             generation_switched: false,
             next_id: 1,
@@ -415,6 +425,7 @@ impl Session {
     /// Connects and authenticates. Completes with [`OpOutcome::Opened`]; if the first
     /// connection cannot be made the operation fails and the session closes.
     pub fn open(&mut self, now: Instant) -> OpId {
+        let now = self.clock(now);
         let op = self.alloc_op();
         match self.phase {
             Phase::Closed => self.complete(op, Err(SessionError::Closed)),
@@ -447,6 +458,7 @@ impl Session {
         opts: PublishOptions,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_command()?;
         validate::event_name(event_name)?;
         if recipients.is_empty() {
@@ -511,6 +523,7 @@ impl Session {
         opts: SubscribeOptions,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_command()?;
         validate::event_name(event_name)?;
         if self.subs.contains_key(event_name) {
@@ -552,6 +565,7 @@ impl Session {
     /// Unsubscribes from `event_name`: its events are no longer handed over, its stream
     /// is cancelled and it is not restored after a reconnect.
     pub fn unsubscribe(&mut self, event_name: &str, now: Instant) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_command()?;
         validate::event_name(event_name)?;
         let Some(sub) = self.subs.remove(event_name) else {
@@ -591,6 +605,7 @@ impl Session {
         block: i64,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_event_command(event_name, idem)?;
         self.settle(event_name, idem, false);
         let request = Request::Ack(wire::AcknowledgeRequest {
@@ -611,6 +626,7 @@ impl Session {
         reason: &str,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_event_command(event_name, idem)?;
         let delay_ms = validate::defer_delay(delay)?;
         self.settle(event_name, idem, true);
@@ -626,6 +642,7 @@ impl Session {
         reason: &str,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_event_command(event_name, idem)?;
         self.settle(event_name, idem, false);
         let request = Request::Discard(wire::DiscardRequest {
@@ -645,6 +662,7 @@ impl Session {
         idem: &str,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_event_command(event_name, idem)?;
         let key = self
             .subs
@@ -667,6 +685,7 @@ impl Session {
         reason: &str,
         now: Instant,
     ) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_command()?;
         validate::event_name(event_name)?;
         let request = pause_request(event_name, reason);
@@ -678,6 +697,7 @@ impl Session {
 
     /// Resumes delivery of `event_name`.
     pub fn resume(&mut self, event_name: &str, now: Instant) -> Result<OpId, SessionError> {
+        let now = self.clock(now);
         self.check_command()?;
         validate::event_name(event_name)?;
         let request = Request::Continue(wire::ContinueRequest {
@@ -708,6 +728,7 @@ impl Session {
         outcome: HandlerOutcome,
         now: Instant,
     ) {
+        let now = self.clock(now);
         self.handler_finished_inner(delivery, outcome, now);
         self.settle_closing(now);
     }
@@ -784,6 +805,7 @@ impl Session {
     /// handled are not redelivered to its next session; then streams are cancelled, the
     /// transport dropped, and the returned op completes with [`OpOutcome::Closed`].
     pub fn close(&mut self, now: Instant) -> OpId {
+        let now = self.clock(now);
         let op = self.alloc_op();
         if self.is_closed() {
             self.complete(op, Err(SessionError::Closed));
@@ -839,6 +861,7 @@ impl Session {
             self.phase,
             Phase::Opening { .. } | Phase::Authenticating { .. } | Phase::Connected
         ) {
+            self.transport = None;
             self.outputs.push_back(Output::Disconnect);
         }
         self.enter_closed();
@@ -866,13 +889,11 @@ impl Session {
     /// Feeds a transport fact. Inputs that make no sense in the current state (replies
     /// for unknown calls, duplicates, anything after close) are ignored.
     pub fn handle_input(&mut self, input: Input, now: Instant) {
+        let now = self.clock(now);
         if self.closing.is_some()
             && matches!(
                 input,
-                Input::StreamItem { .. }
-                    | Input::StreamItemAt { .. }
-                    | Input::StreamOpened { .. }
-                    | Input::StreamEnded { .. }
+                Input::StreamItem { .. } | Input::StreamOpened { .. } | Input::StreamEnded { .. }
             )
         {
             // Closing: nothing more is handed to the app, nothing is resubscribed.
@@ -884,7 +905,7 @@ impl Session {
 
     fn handle_input_inner(&mut self, input: Input, now: Instant) {
         match input {
-            Input::Connected => {
+            Input::Connected { conn } if self.transport == Some(conn) => {
                 if let Phase::Opening { attempt, .. } = self.phase {
                     let call = self.next_call();
                     let request = Request::Connect(wire::ConnectRequest {
@@ -909,17 +930,34 @@ impl Session {
                     };
                 }
             }
-            Input::Disconnected { reason } => match self.phase {
-                Phase::Opening { .. } => self.attempt_failed(reason, false, now),
-                Phase::Authenticating { .. } => self.attempt_failed(reason, false, now),
-                Phase::Connected => self.connection_lost(reason, now),
-                _ => {}
-            },
+            Input::Disconnected { conn, reason } if self.transport == Some(conn) => {
+                match self.phase {
+                    Phase::Opening { .. } | Phase::Authenticating { .. } => {
+                        self.attempt_failed(reason, false, now)
+                    }
+                    Phase::Connected => self.connection_lost(reason, now),
+                    Phase::Idle | Phase::Backoff { .. } | Phase::Closed => {}
+                }
+            }
+            // A fact about a transport attempt the session has moved past.
+            Input::Connected { .. } | Input::Disconnected { .. } => {}
             Input::Reply { call, result } => self.handle_reply(call, result, now),
             Input::StreamOpened { call } => self.handle_stream_opened(call),
-            Input::StreamItem { event } => self.handle_item(event, None, now),
-            Input::StreamItemAt { event, timestamp } => {
-                self.handle_item(event, Some(timestamp), now)
+            Input::StreamItem {
+                call,
+                event,
+                logged_at,
+            } => {
+                let open_stream = matches!(
+                    self.calls.get(&call),
+                    Some(CallEntry {
+                        purpose: CallPurpose::Stream { .. },
+                        ..
+                    })
+                );
+                if open_stream {
+                    self.handle_item(event, logged_at, now);
+                }
             }
             Input::StreamEnded { call, error } => self.handle_stream_ended(call, error, now),
         }
@@ -928,6 +966,7 @@ impl Session {
     /// Handles every timer due at `now` (operation deadlines, heartbeats, reconnect
     /// attempts, connect-step deadlines).
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
         self.settle_closing(now);
         self.handle_timeout_inner(now);
         self.settle_closing(now);
@@ -1030,6 +1069,12 @@ impl Session {
 
     fn next_call(&mut self) -> CallId {
         CallId(self.alloc_id())
+    }
+
+    /// The session's clock: `now`, or the latest instant seen if `now` is earlier.
+    fn clock(&mut self, now: Instant) -> Instant {
+        self.now = self.now.max(now);
+        self.now
     }
 
     fn emit(&mut self, event: SessionEvent) {
@@ -1262,7 +1307,9 @@ impl Session {
             attempt,
             deadline: deadline_after(now, self.config.request_timeout),
         };
-        self.outputs.push_back(Output::Connect);
+        let conn = ConnectionId(self.alloc_id());
+        self.transport = Some(conn);
+        self.outputs.push_back(Output::Connect { conn });
     }
 
     /// A connect attempt (transport or `Connect` call) failed.
@@ -1277,6 +1324,7 @@ impl Session {
         };
         let drop_transport = drop_transport || matches!(self.phase, Phase::Authenticating { .. });
         if drop_transport {
+            self.transport = None;
             self.outputs.push_back(Output::Disconnect);
         }
         if attempt == 0 {
@@ -1312,6 +1360,7 @@ impl Session {
             self.finish_close(closing.ops);
             return;
         }
+        self.transport = None;
         self.outputs.push_back(Output::Disconnect);
         self.heartbeat_call = None;
         self.next_heartbeat = None;
@@ -1613,6 +1662,7 @@ impl Session {
         match result {
             Ok(Reply::Connect(r)) if r.success => self.authenticated(r, now),
             Ok(Reply::Connect(r)) => {
+                self.transport = None;
                 self.outputs.push_back(Output::Disconnect);
                 let _ = attempt;
                 self.close_with_error(SessionError::Auth {
@@ -1625,6 +1675,7 @@ impl Session {
                 now,
             ),
             Err(e) if e.code == RpcCode::Unauthenticated => {
+                self.transport = None;
                 self.outputs.push_back(Output::Disconnect);
                 self.close_with_error(SessionError::Auth { message: e.message });
             }

@@ -37,6 +37,25 @@ impl CallId {
     }
 }
 
+/// Identifies one attempt to open the transport ([`Output::Connect`]). The adapter
+/// quotes it back in [`Input::Connected`] and [`Input::Disconnected`], so a fact about
+/// an attempt the session has already given up (a late connect, the loss of a
+/// connection that was replaced) is recognised and ignored by the session itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// Builds a connection id from its raw number (for tests). Ids other than the
+    /// session's current attempt are ignored.
+    pub fn from_raw(raw: u64) -> Self {
+        ConnectionId(raw)
+    }
+    /// The raw number (unique within one session, increasing).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// Identifies one event handed to the application ([`SessionEvent::Delivery`]); give it
 /// back to [`Session::handler_finished`](super::Session::handler_finished).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -421,9 +440,14 @@ impl RpcError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// The transport asked for by [`Output::Connect`] is up.
-    Connected,
+    Connected {
+        /// The attempt, as [`Output::Connect`] named it.
+        conn: ConnectionId,
+    },
     /// Opening the transport failed, or an open transport was lost.
     Disconnected {
+        /// The attempt, as [`Output::Connect`] named it.
+        conn: ConnectionId,
         /// What happened (for the error the application sees).
         reason: String,
     },
@@ -439,19 +463,18 @@ pub enum Input {
         /// The call.
         call: CallId,
     },
-    /// An event arrived on some subscribe stream. It is routed by its own
-    /// `event_name`, never by the stream it came on.
+    /// An event arrived on the subscribe stream of `call`. It is routed by its own
+    /// `event_name`, never by the stream it came on (a node may send every event of a
+    /// client on its first stream); items of a stream the session no longer has open
+    /// (cancelled, ended, or of a lost connection) are ignored.
     StreamItem {
+        /// The subscribe call whose stream carried it.
+        call: CallId,
         /// The event.
         event: wire::EventStreamResponse,
-    },
-    /// An event arrived with a known log time (the WebSocket `+RECORD` carries
-    /// `loggedAt`); otherwise the same as [`Input::StreamItem`].
-    StreamItemAt {
-        /// The event.
-        event: wire::EventStreamResponse,
-        /// When the node logged it (epoch milliseconds).
-        timestamp: i64,
+        /// When the node logged it (epoch milliseconds), if the transport says (the
+        /// WebSocket `+RECORD` carries `loggedAt`; gRPC does not).
+        logged_at: Option<i64>,
     },
     /// A subscribe stream ended (`error: None` for a clean end).
     StreamEnded {
@@ -465,8 +488,13 @@ pub enum Input {
 /// What the adapter must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Open the transport; answer with [`Input::Connected`] or [`Input::Disconnected`].
-    Connect,
+    /// Open the transport (dropping any other); answer with [`Input::Connected`] or
+    /// [`Input::Disconnected`] quoting `conn`, and later [`Input::Disconnected`] with
+    /// `conn` if this transport is lost.
+    Connect {
+        /// Names this attempt.
+        conn: ConnectionId,
+    },
     /// Drop the transport: every call on it is gone (report nothing more about them).
     Disconnect,
     /// Make an RPC.

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use ensync_proto::envelope;
 use ensync_proto::keys::SecretKey;
 use ensync_proto::session::{
-    Call, CallId, ConnectionState, DeliveryToken, Generation, HandlerOutcome, Input, OpId,
-    OpOutcome, Output, Reply, Request, RequestKind, RpcCode, RpcError, Session, SessionConfig,
-    SessionError, SessionEvent, backoff_delay,
+    Call, CallId, ConnectionId, ConnectionState, DeliveryToken, Generation, HandlerOutcome, Input,
+    OpId, OpOutcome, Output, Reply, Request, RequestKind, RpcCode, RpcError, Session,
+    SessionConfig, SessionError, SessionEvent, backoff_delay,
 };
 use ensync_proto::wire;
 use rand_chacha::ChaCha20Rng;
@@ -444,7 +444,10 @@ impl Node {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let open_names: BTreeSet<String> = self.streams.values().cloned().collect();
+        // The stream each name's events go on: its own, or (multiplex) the first one.
+        let first_stream = self.streams.keys().next().copied();
+        let stream_of: BTreeMap<String, CallId> =
+            self.streams.iter().map(|(c, n)| (n.clone(), *c)).collect();
         for e in &mut self.events {
             if e.state != EvState::Ready
                 || !self.subscribed.contains(&e.name)
@@ -452,16 +455,18 @@ impl Node {
             {
                 continue;
             }
-            let has_stream = if self.multiplex {
-                !self.streams.is_empty()
+            let stream = if self.multiplex {
+                first_stream
             } else {
-                open_names.contains(&e.name)
+                stream_of.get(&e.name).copied()
             };
-            if !has_stream {
+            let Some(call) = stream else {
                 continue;
-            }
+            };
             e.state = EvState::InFlight(cid.clone());
             out.push(Input::StreamItem {
+                call,
+                logged_at: None,
                 event: wire::EventStreamResponse {
                     event_idem: e.idem.clone(),
                     event_name: e.name.clone(),
@@ -505,9 +510,10 @@ pub struct Pair {
     /// Every output, in order, with the time it was polled.
     pub outputs: Vec<(Instant, Output)>,
     pub handler_mode: HandlerMode,
-    /// Inputs in transit: (due, transport epoch, input).
-    in_transit: VecDeque<(Instant, u64, Input)>,
-    transport_epoch: u64,
+    /// Inputs in transit: (due, the transport attempt they travel on, input).
+    in_transit: VecDeque<(Instant, Option<ConnectionId>, Input)>,
+    /// The transport attempt of the last `Output::Connect`, until it is dropped.
+    transport: Option<ConnectionId>,
     /// Latency of every node -> session input.
     pub latency: Duration,
     /// Connect attempts still to fail.
@@ -548,7 +554,7 @@ impl Pair {
             outputs: Vec::new(),
             handler_mode: HandlerMode::AutoOk,
             in_transit: VecDeque::new(),
-            transport_epoch: 0,
+            transport: None,
             latency: Duration::ZERO,
             fail_connects: 0,
             connect_hangs: false,
@@ -607,6 +613,12 @@ impl Pair {
         &self.issued
     }
 
+    /// The transport attempt the pair is connected on (the last `Output::Connect`), until
+    /// it is dropped.
+    pub fn transport(&self) -> Option<ConnectionId> {
+        self.transport
+    }
+
     pub fn result(&self, op: OpId) -> Option<&Result<OpOutcome, SessionError>> {
         self.completed.get(&op)
     }
@@ -620,26 +632,27 @@ impl Pair {
         while let Some(out) = self.session.poll_output() {
             self.outputs.push((self.now, out.clone()));
             match out {
-                Output::Connect => {
+                Output::Connect { conn } => {
                     if let Some(t) = self.reconnect_not_before.take() {
                         assert!(self.now >= t, "reconnect attempt before its backoff delay");
                     }
-                    self.transport_epoch += 1;
+                    self.transport = Some(conn);
                     if self.connect_hangs {
                         continue;
                     }
                     let input = if self.fail_connects > 0 {
                         self.fail_connects -= 1;
                         Input::Disconnected {
+                            conn,
                             reason: "connection refused".into(),
                         }
                     } else {
-                        Input::Connected
+                        Input::Connected { conn }
                     };
                     self.send(input);
                 }
                 Output::Disconnect => {
-                    self.transport_epoch += 1;
+                    self.transport = None;
                     self.in_transit.clear();
                     self.node.end_session();
                 }
@@ -801,8 +814,7 @@ impl Pair {
     fn send(&mut self, input: Input) {
         let last = self.in_transit.back().map(|(t, _, _)| *t);
         let due = (self.now + self.latency).max(last.unwrap_or(self.now));
-        self.in_transit
-            .push_back((due, self.transport_epoch, input));
+        self.in_transit.push_back((due, self.transport, input));
     }
 
     /// Delivers every input due now, lets the node push, drains; until nothing moves.
@@ -819,8 +831,9 @@ impl Pair {
                 .is_some_and(|(t, _, _)| *t <= self.now);
             match due {
                 true => {
-                    let (_, epoch, input) = self.in_transit.pop_front().expect("not empty");
-                    if epoch == self.transport_epoch {
+                    let (_, transport, input) = self.in_transit.pop_front().expect("not empty");
+                    // A dropped transport delivers nothing more.
+                    if transport.is_some() && transport == self.transport {
                         self.session.handle_input(input, self.now);
                     }
                 }
@@ -877,15 +890,17 @@ impl Pair {
 
     /// The transport drops (the node side sees it first).
     pub fn drop_connection(&mut self) {
-        self.transport_epoch += 1;
         self.in_transit.clear();
         self.node.end_session();
-        self.session.handle_input(
-            Input::Disconnected {
-                reason: "connection reset".into(),
-            },
-            self.now,
-        );
+        if let Some(conn) = self.transport.take() {
+            self.session.handle_input(
+                Input::Disconnected {
+                    conn,
+                    reason: "connection reset".into(),
+                },
+                self.now,
+            );
+        }
         self.run_idle();
     }
 
