@@ -10,6 +10,8 @@
 //! - [`url`]: the connection URL rules of the seed README;
 //! - [`framing`]: gRPC's 5-byte length-prefixed message framing, for adapters speaking raw HTTP/2;
 //! - [`ws`]: the WebSocket text protocol codec;
+//! - [`clients`]: how to tell the published clients apart, and the replay answer forms
+//!   and delivery rules each of them needs (shared by the node and our SDK);
 //! - [`validate`]: event-name and option validation shared by clients and the node;
 //! - [`session`]: the session state machine (authentication, heartbeats, reconnect with
 //!   backoff, subscriptions, ack bookkeeping, RPC-generation choice).
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clients;
 pub mod envelope;
 pub mod framing;
 pub mod keys;

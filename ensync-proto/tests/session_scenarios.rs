@@ -1209,6 +1209,37 @@ fn dedup_memory_is_bounded() {
     assert_eq!(handed, ["e1", "e2", "e3", "e1"]);
 }
 
+// ---------------------------------------------------------- replay answer forms
+
+/// Our session reads a replay answer in every form an EnSync node may send.
+#[test]
+fn replay_reads_every_answer_form() {
+    for form in [
+        ReplayAnswer::Envelope,
+        ReplayAnswer::ProtoNames,
+        ReplayAnswer::LowerCamel,
+    ] {
+        let mut pair = Pair::connected(config());
+        pair.node.replay_answer = form;
+        pair.handler_mode = HandlerMode::Manual;
+        subscribe(&mut pair, "a", false);
+        let e1 = pair
+            .node
+            .inject("a", &json!({"n": 1, "form": format!("{form:?}")}));
+        pair.run_idle();
+        let r = pair.session.replay("a", &e1, pair.now);
+        let replay = pair.track_result(r).unwrap();
+        pair.run_idle();
+        assert_eq!(
+            pair.result(replay),
+            Some(&Ok(OpOutcome::Replayed {
+                payload: json!({"n": 1, "form": format!("{form:?}")})
+            })),
+            "{form:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------- app ack commands
 
 #[test]

@@ -1848,7 +1848,13 @@ impl Session {
                     message: m,
                 })?;
                 let key = key.clone();
-                let payload = decrypt_payload(&r.event_data, key.as_deref())?;
+                // Any node's answer form (bare envelope or stream-message JSON).
+                let replayed = crate::clients::decode_replay(&r.event_data).map_err(|e| {
+                    SessionError::Replay {
+                        message: e.to_string(),
+                    }
+                })?;
+                let payload = decrypt_payload(&replayed.payload, key.as_deref())?;
                 Ok(OpOutcome::Replayed { payload })
             }
             (OpKind::Pause { name }, Reply::Pause(r)) => {

@@ -66,6 +66,18 @@ pub struct StoredEvent {
     pub state: EvState,
 }
 
+/// The forms of a replay answer's `event_data` a node may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayAnswer {
+    /// The bare envelope (what the Python clients read).
+    Envelope,
+    /// The stream-message JSON with proto field names (what the Go and Node SDKs read).
+    ProtoNames,
+    /// The stream-message JSON as protobuf's Java printer writes it: lowerCamelCase keys,
+    /// `partitionBlock` as a string.
+    LowerCamel,
+}
+
 /// The scripted node.
 pub struct Node {
     /// The only generation it speaks (`None`: both).
@@ -75,6 +87,8 @@ pub struct Node {
     pub app_key: String,
     /// Deliver every event on the first open stream and end the other streams cleanly.
     pub multiplex: bool,
+    /// How replay answers carry the event (EnSync nodes differ).
+    pub replay_answer: ReplayAnswer,
     pub events: Vec<StoredEvent>,
     next_block: HashMap<String, i64>,
     next_idem: u64,
@@ -105,6 +119,7 @@ impl Node {
             access_key: ACCESS_KEY.to_owned(),
             app_key: app_secret().public_key().to_base64(),
             multiplex: false,
+            replay_answer: ReplayAnswer::Envelope,
             events: Vec::new(),
             next_block: HashMap::new(),
             next_idem: 0,
@@ -400,7 +415,29 @@ impl Node {
                     Some(e) if self.session_ok(&r.client_id) => wire::ReplayResponse {
                         success: true,
                         message: String::new(),
-                        event_data: e.payload.clone(),
+                        event_data: match self.replay_answer {
+                            ReplayAnswer::Envelope => e.payload.clone(),
+                            ReplayAnswer::ProtoNames => ensync_proto::clients::encode_replay(
+                                ensync_proto::clients::ReplayForm::StreamMessage,
+                                &wire::EventStreamResponse {
+                                    event_idem: e.idem.clone(),
+                                    event_name: e.name.clone(),
+                                    payload: e.payload.clone(),
+                                    partition_block: e.block,
+                                    metadata: e.metadata.clone(),
+                                    sender: e.sender.clone(),
+                                },
+                            ),
+                            ReplayAnswer::LowerCamel => serde_json::json!({
+                                "messageIdem": e.idem,
+                                "messageName": e.name,
+                                "payload": e.payload,
+                                "partitionBlock": e.block.to_string(),
+                                "metadata": e.metadata,
+                                "sender": e.sender,
+                            })
+                            .to_string(),
+                        },
                     },
                     _ => wire::ReplayResponse {
                         success: false,
