@@ -58,8 +58,7 @@ use worker::Worker;
 /// options as the async clients.
 #[derive(Clone)]
 pub struct Engine {
-    url: String,
-    options: EngineOptions,
+    core: ensync_h2::GrpcEngineCore,
 }
 
 impl Engine {
@@ -70,19 +69,24 @@ impl Engine {
 
     /// An engine for the node at `url` with `options`. The URL is checked now.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
-        // Validate with the same rules the client will use; this runtime is never run.
-        let unused = ensync_h2::Runtime::new(
-            |_task| {},
-            |_delay| futures::future::ready(()),
-            |_authority| {
-                futures::future::ready(Err::<ensync_h2::BoxIo, _>(std::io::Error::other("unused")))
-            },
-        );
-        ensync_h2::EnSyncEngine::with_options(url, options.clone(), unused)?;
-        Ok(Engine {
-            url: url.to_owned(),
-            options,
-        })
+        let core = ensync_h2::GrpcEngineCore::new(url, options)?;
+        ensync_h2::EnSyncEngine::check_reachable(&core)?;
+        Ok(Engine { core })
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.core.uses_tls()
+    }
+
+    /// The node's `host:port`.
+    pub fn authority(&self) -> String {
+        self.core.authority()
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        self.core.options()
     }
 
     /// Starts the client's thread, connects and authenticates; blocks until done.
@@ -93,11 +97,7 @@ impl Engine {
         let worker = Worker::start().map_err(|e| {
             EnSyncError::new(ErrorKind::Connection, "cannot start the client thread").with_source(e)
         })?;
-        let engine = ensync_h2::EnSyncEngine::with_options(
-            &self.url,
-            self.options.clone(),
-            worker.runtime(),
-        )?;
+        let engine = ensync_h2::EnSyncEngine::from_core(self.core.clone(), worker.runtime())?;
         let client = block_on(engine.create_client(app_key, options))?;
         Ok(Client {
             inner: Arc::new(Inner {
@@ -110,10 +110,7 @@ impl Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine")
-            .field("url", &self.url)
-            .field("options", &self.options)
-            .finish()
+        self.core.fmt_as("Engine", f)
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod client;
 pub mod driver;
+mod engine;
 mod error;
 mod event;
 mod options;
@@ -23,6 +24,7 @@ mod subscription;
 
 pub use client::{Client, ConnectionState};
 pub use driver::{EventStream, StreamItem, Transport};
+pub use engine::GrpcEngineCore;
 pub use error::{EnSyncError, ErrorKind, Result};
 pub use event::Event;
 pub use options::{ClientOptions, EngineOptions, PublishOptions, RpcGeneration, SubscribeOptions};

@@ -5,10 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ensync_proto::url;
 
 use ensync_client::driver::{self, EventStream, Transport};
-use ensync_client::{Client, ClientOptions, EngineOptions, Result};
+use ensync_client::{Client, ClientOptions, EngineOptions, GrpcEngineCore, Result};
 use ensync_proto::session::{Call, Reply, RpcError};
 use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
@@ -158,8 +157,7 @@ impl Transport for H2Transport {
 /// ```
 #[derive(Clone)]
 pub struct EnSyncEngine {
-    endpoint: url::Endpoint,
-    options: EngineOptions,
+    core: GrpcEngineCore,
     runtime: Runtime,
 }
 
@@ -174,36 +172,47 @@ impl EnSyncEngine {
     /// A TLS URL needs the `tls` feature; without it this fails with
     /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) (use `grpc://` or [`EngineOptions::disable_tls`]).
     pub fn with_options(url: &str, options: EngineOptions, runtime: Runtime) -> Result<Self> {
-        let endpoint = driver::grpc_endpoint(url, &options)?;
+        Self::from_core(GrpcEngineCore::new(url, options)?, runtime)
+    }
+
+    /// An engine for an endpoint already checked by the URL rules, on `runtime`
+    /// (fails like [`EnSyncEngine::with_options`] for TLS without the `tls` feature).
+    pub fn from_core(core: GrpcEngineCore, runtime: Runtime) -> Result<Self> {
+        Self::check_reachable(&core)?;
+        Ok(EnSyncEngine { core, runtime })
+    }
+
+    /// Whether this build of ensync-h2 can reach `core`'s endpoint: a TLS endpoint needs
+    /// the `tls` feature ([`ErrorKind::Validation`](crate::ErrorKind::Validation) otherwise).
+    pub fn check_reachable(core: &GrpcEngineCore) -> Result<()> {
         #[cfg(not(feature = "tls"))]
-        if endpoint.tls {
+        if core.uses_tls() {
             return Err(ensync_client::EnSyncError::new(
                 ensync_client::ErrorKind::Validation,
                 format!(
-                    "{url:?} needs TLS: build ensync-h2 with the `tls` feature, or use grpc://"
+                    "{} needs TLS: build ensync-h2 with the `tls` feature, or use grpc://",
+                    core.authority()
                 ),
             ));
         }
-        Ok(EnSyncEngine {
-            endpoint,
-            options,
-            runtime,
-        })
+        #[cfg(feature = "tls")]
+        let _ = core;
+        Ok(())
     }
 
     /// Whether connections use TLS.
     pub fn uses_tls(&self) -> bool {
-        self.endpoint.tls
+        self.core.uses_tls()
     }
 
     /// The node's `host:port`.
     pub fn authority(&self) -> String {
-        self.endpoint.authority()
+        self.core.authority()
     }
 
     /// The engine's options.
     pub fn options(&self) -> &EngineOptions {
-        &self.options
+        self.core.options()
     }
 
     /// Connects, authenticates with the app's access key, and returns the client.
@@ -213,11 +222,14 @@ impl EnSyncEngine {
     /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
         let target = Target {
-            authority: self.endpoint.authority(),
-            connect_timeout: self.options.connect_timeout,
+            authority: self.core.authority(),
+            connect_timeout: self.core.options().connect_timeout,
             #[cfg(feature = "tls")]
-            tls: if self.endpoint.tls {
-                Some(crate::tls::Tls::new(&self.endpoint, &self.options)?)
+            tls: if self.core.uses_tls() {
+                Some(crate::tls::Tls::new(
+                    self.core.endpoint(),
+                    self.core.options(),
+                )?)
             } else {
                 None
             },
@@ -231,7 +243,7 @@ impl EnSyncEngine {
             transport,
             app_key,
             options,
-            &self.options,
+            self.core.options(),
         )
         .await
     }
@@ -239,11 +251,7 @@ impl EnSyncEngine {
 
 impl fmt::Debug for EnSyncEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnSyncEngine")
-            .field("authority", &self.endpoint.authority())
-            .field("tls", &self.endpoint.tls)
-            .field("options", &self.options)
-            .finish()
+        self.core.fmt_as("EnSyncEngine", f)
     }
 }
 

@@ -59,7 +59,8 @@ mod tls;
 pub use engine::EnSyncEngine;
 pub use ensync_client::{
     Client, ClientOptions, ConnectionState, EnSyncError, EngineOptions, ErrorKind, Event,
-    HandlerResult, PublishOptions, Result, RpcGeneration, SubscribeOptions, Subscription,
+    GrpcEngineCore, HandlerResult, PublishOptions, Result, RpcGeneration, SubscribeOptions,
+    Subscription,
 };
 pub use runtime::{BoxIo, Connect, Io, Runtime, Sleep, Spawn};
 

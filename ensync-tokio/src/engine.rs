@@ -6,7 +6,7 @@ use ensync_proto::url;
 
 use ensync_client::driver;
 use ensync_client::{
-    Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Executor, Result,
+    Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Executor, GrpcEngineCore, Result,
 };
 
 use crate::grpc::GrpcTransport;
@@ -34,8 +34,7 @@ use crate::ws::WsTransport;
 /// ```
 #[derive(Clone)]
 pub struct EnSyncEngine {
-    endpoint: url::Endpoint,
-    options: EngineOptions,
+    core: GrpcEngineCore,
 }
 
 impl EnSyncEngine {
@@ -46,23 +45,24 @@ impl EnSyncEngine {
 
     /// An engine for the node at `url` with `options`.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
-        let endpoint = driver::grpc_endpoint(url, &options)?;
-        Ok(EnSyncEngine { endpoint, options })
+        Ok(EnSyncEngine {
+            core: GrpcEngineCore::new(url, options)?,
+        })
     }
 
     /// Whether connections use TLS.
     pub fn uses_tls(&self) -> bool {
-        self.endpoint.tls
+        self.core.uses_tls()
     }
 
     /// The node's `host:port`.
     pub fn authority(&self) -> String {
-        self.endpoint.authority()
+        self.core.authority()
     }
 
     /// The engine's options.
     pub fn options(&self) -> &EngineOptions {
-        &self.options
+        self.core.options()
     }
 
     /// Connects, authenticates with the app's access key, and returns the client.
@@ -71,18 +71,14 @@ impl EnSyncEngine {
     /// key, [`ErrorKind::Connection`] when the node cannot be reached, and
     /// [`ErrorKind::Validation`] for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
-        let transport = GrpcTransport::new(&self.endpoint, &self.options)?;
-        driver::start(executor(), transport, app_key, options, &self.options).await
+        let transport = GrpcTransport::new(self.core.endpoint(), self.core.options())?;
+        driver::start(executor(), transport, app_key, options, self.core.options()).await
     }
 }
 
 impl fmt::Debug for EnSyncEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnSyncEngine")
-            .field("authority", &self.endpoint.authority())
-            .field("tls", &self.endpoint.tls)
-            .field("options", &self.options)
-            .finish()
+        self.core.fmt_as("EnSyncEngine", f)
     }
 }
 

@@ -137,4 +137,7 @@ fn refused_key_and_bad_url() {
         Engine::new("ftp://nowhere").unwrap_err().kind(),
         ErrorKind::Validation
     );
+    let engine = Engine::new("grpc://localhost:1234").expect("plaintext engine");
+    assert_eq!(engine.authority(), "localhost:1234");
+    assert!(!engine.uses_tls());
 }
