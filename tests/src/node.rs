@@ -112,6 +112,10 @@ impl TestNode {
                     .await
                     .expect("start node");
                 self.addr = node.grpc_addr();
+                // A restart binds the same WebSocket port too.
+                if let Some(ws) = node.ws_addr() {
+                    self.setup.config.ws_listen = Some(ws);
+                }
                 Running::Full(node)
             }
             refuse => self.boot_filtered(refuse).await,
@@ -164,6 +168,14 @@ impl TestNode {
     /// Generated app `i` (0-based).
     pub fn app(&self, i: usize) -> &DevApp {
         &self.setup.apps[i]
+    }
+
+    /// The WebSocket endpoint's address, when the node serves one.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        match self.running.as_ref()? {
+            Running::Full(node) => node.ws_addr(),
+            Running::Filtered { .. } => None,
+        }
     }
 
     /// The node's counters.
