@@ -3,13 +3,16 @@
 #
 # 1. a Python venv (.venv/) with PyNaCl and the published EnSync clients, for the
 #    known-answer and interop tests (reused when already there);
-# 2. cargo fmt --check, clippy -D warnings, and cargo test for the whole workspace.
+# 2. the published Node.js client (tests/interop/node_modules/, `npm ci` from the
+#    committed lockfile; skipped with a note when npm is missing, except under CI);
+# 3. cargo fmt --check, clippy -D warnings, and cargo test for the whole workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/python-env.sh
 export ENSYNC_PYTHON="$PWD/.venv/bin/python"
 export ENSYNC_PYTHON_040="$PWD/.venv-sdk040/bin/python"
+bash scripts/node-env.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

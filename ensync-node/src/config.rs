@@ -72,9 +72,15 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// A session with no heartbeat nor any call for this many intervals ends.
     pub heartbeat_misses: u32,
-    /// Deliver all of a session's events on its first open subscribe stream (what the
-    /// Node SDK expects) instead of on the stream opened for each event name.
-    pub multiplex: bool,
+    /// Which subscribe stream of a session carries its events. Unset (the default): by
+    /// client, from the gRPC `user-agent` of its `Connect`: every event on the session's
+    /// first open stream for the Node.js gRPC SDK (`grpc-node-js/…`, it reads only that
+    /// stream), each event on the stream opened for its name for every other client (the
+    /// Python clients need that). `true`: the first stream for every client; `false`: the
+    /// stream of its name for every client (what `false`, the former default, always
+    /// meant; the Node.js gRPC SDK's second subscription on one client then gets nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplex: Option<bool>,
     /// Largest accepted `payload` (bytes of its base64 text).
     pub max_payload_bytes: usize,
     /// Largest accepted `metadata` (and `payload_metadata`), in bytes.
@@ -108,7 +114,7 @@ impl Default for NodeConfig {
             tls_key: None,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
-            multiplex: false,
+            multiplex: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,

@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 
+use ensync_proto::clients::{self, ClientKind};
 use ensync_proto::wire;
 use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
@@ -48,6 +49,16 @@ fn to_wire(ev: DeliveredEvent) -> wire::EventStreamResponse {
         metadata: ev.metadata,
         sender: ev.sender,
     }
+}
+
+/// The client family of a request, from its `user-agent` header.
+fn client_kind<T>(request: &Request<T>) -> ClientKind {
+    ClientKind::from_user_agent(
+        request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 fn status_of(e: ServiceError) -> Status {
@@ -140,7 +151,9 @@ impl GrpcService {
         wire::DiscardResponse { success, message }
     }
 
-    fn do_replay(&self, r: wire::ReplayRequest) -> wire::ReplayResponse {
+    /// Replay, answered in the form the asking client reads ([`ClientKind::replay_form`]:
+    /// the bare envelope for `grpc-python`, the stream-message JSON for everyone else).
+    fn do_replay(&self, kind: ClientKind, r: wire::ReplayRequest) -> wire::ReplayResponse {
         match self
             .service
             .replay(&r.client_id, &r.event_idem, &r.event_name)
@@ -148,7 +161,7 @@ impl GrpcService {
             Ok(ev) => wire::ReplayResponse {
                 success: true,
                 message: "replayed".into(),
-                event_data: ev.payload,
+                event_data: clients::encode_replay(kind.replay_form(), &to_wire(ev)),
             },
             Err(e) => wire::ReplayResponse {
                 success: false,
@@ -185,21 +198,24 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl EnSyncService for GrpcService {
     async fn connect(&self, request: Request<wire::ConnectRequest>) -> Res<wire::ConnectResponse> {
+        let kind = client_kind(&request);
         let r = request.into_inner();
-        Ok(Response::new(match self.service.connect(&r.access_key) {
-            Ok(c) => wire::ConnectResponse {
-                success: true,
-                client_id: c.client_id,
-                client_hash: c.client_hash,
-                server_config: c.server_config,
-                error_message: String::new(),
+        Ok(Response::new(
+            match self.service.connect_as(&r.access_key, kind) {
+                Ok(c) => wire::ConnectResponse {
+                    success: true,
+                    client_id: c.client_id,
+                    client_hash: c.client_hash,
+                    server_config: c.server_config,
+                    error_message: String::new(),
+                },
+                Err(e) => wire::ConnectResponse {
+                    success: false,
+                    error_message: e.to_string(),
+                    ..Default::default()
+                },
             },
-            Err(e) => wire::ConnectResponse {
-                success: false,
-                error_message: e.to_string(),
-                ..Default::default()
-            },
-        }))
+        ))
     }
 
     async fn heartbeat(
@@ -301,13 +317,15 @@ impl EnSyncService for GrpcService {
         &self,
         request: Request<wire::ReplayRequest>,
     ) -> Res<wire::ReplayResponse> {
-        Ok(Response::new(self.do_replay(request.into_inner())))
+        let kind = client_kind(&request);
+        Ok(Response::new(self.do_replay(kind, request.into_inner())))
     }
     async fn replay_message(
         &self,
         request: Request<wire::ReplayRequest>,
     ) -> Res<wire::ReplayResponse> {
-        Ok(Response::new(self.do_replay(request.into_inner())))
+        let kind = client_kind(&request);
+        Ok(Response::new(self.do_replay(kind, request.into_inner())))
     }
 
     async fn pause_events(&self, request: Request<wire::PauseRequest>) -> Res<wire::PauseResponse> {

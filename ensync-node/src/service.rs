@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use ensync_proto::clients::{ClientKind, Delivery};
 use ensync_proto::validate;
 use tokio::sync::{Notify, mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -188,7 +189,8 @@ pub struct NodeStats {
 struct Settings {
     heartbeat_interval_ms: u64,
     session_timeout: Duration,
-    multiplex: bool,
+    /// `Some`: the configured delivery for every session; `None`: by client kind.
+    multiplex: Option<bool>,
     max_payload: usize,
     max_metadata: usize,
     window: usize,
@@ -251,6 +253,8 @@ struct Session {
     subs: HashMap<Arc<str>, u64>,
     /// Open streams in the order they were opened (the first one is the multiplex sink).
     streams: Vec<u64>,
+    /// Every event on the first open stream (else each on the stream of its name).
+    multiplex: bool,
     paused: HashSet<Arc<str>>,
 }
 
@@ -470,8 +474,21 @@ impl NodeService {
         }
     }
 
-    /// `Connect`: opens a session for the app with this access key.
+    /// `Connect`: opens a session for the app with this access key, for a client of kind
+    /// [`ClientKind::Other`] (see [`NodeService::connect_as`]).
     pub fn connect(&self, access_key: &str) -> Result<Connected, ServiceError> {
+        self.connect_as(access_key, ClientKind::Other)
+    }
+
+    /// `Connect` from a client of `kind` (told by its gRPC `user-agent`): the session's
+    /// delivery is the configured `multiplex` when set, else what that client needs
+    /// ([`ClientKind::delivery`]: all on the first stream for the Node.js gRPC SDK, each
+    /// event on the stream of its name for everyone else).
+    pub fn connect_as(
+        &self,
+        access_key: &str,
+        kind: ClientKind,
+    ) -> Result<Connected, ServiceError> {
         // Compare with every app's key in constant time (no early exit on a match).
         let mut found = None;
         for (i, a) in self.inner.apps.iter().enumerate() {
@@ -483,6 +500,11 @@ impl NodeService {
             return Err(ServiceError::InvalidAccessKey);
         };
         let a = &self.inner.apps[app];
+        let multiplex = self
+            .inner
+            .settings
+            .multiplex
+            .unwrap_or(kind.delivery() == Delivery::FirstStream);
         let id: Arc<str> = Arc::from(random_id().as_str());
         {
             let mut st = lock(&self.inner.state);
@@ -496,11 +518,12 @@ impl NodeService {
                     last_seen: Instant::now(),
                     subs: HashMap::new(),
                     streams: Vec::new(),
+                    multiplex,
                     paused: HashSet::new(),
                 },
             );
         }
-        tracing::info!(app = %a.name, "session opened");
+        tracing::info!(app = %a.name, client = kind.as_str(), multiplex, "session opened");
         Ok(Connected {
             client_id: id.to_string(),
             client_hash: a.key_text.clone(),
@@ -510,10 +533,7 @@ impl NodeService {
                     "heartbeat_interval_ms".to_owned(),
                     self.inner.settings.heartbeat_interval_ms.to_string(),
                 ),
-                (
-                    "multiplex".to_owned(),
-                    self.inner.settings.multiplex.to_string(),
-                ),
+                ("multiplex".to_owned(), multiplex.to_string()),
             ]),
         })
     }
@@ -630,7 +650,7 @@ impl NodeService {
     ) -> Result<EventStream, ServiceError> {
         validate::event_name(event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let inner = &self.inner;
-        let (rx, end_rx, stream, notify) = {
+        let (rx, end_rx, stream, notify, multiplex) = {
             let mut st = lock(&inner.state);
             let app = touch(&mut st, client_id)?;
             let a = &inner.apps[app];
@@ -666,13 +686,15 @@ impl NodeService {
                     in_flight: 0,
                 },
             );
+            let mut multiplex = false;
             if let Some(s) = st.sessions.get_mut(client_id) {
                 s.subs.insert(name, stream);
                 s.streams.push(stream);
+                multiplex = s.multiplex;
             }
-            (rx, end_rx, stream, notify)
+            (rx, end_rx, stream, notify, multiplex)
         };
-        if inner.settings.multiplex {
+        if multiplex {
             // A new stream may be the session's multiplex sink: wake its other subscriptions.
             inner.wake_session(client_id);
         }
@@ -1104,7 +1126,7 @@ impl Inner {
         if room == 0 || session.paused.contains(&key.1) {
             return Take::Wait;
         }
-        let sink_stream = if self.settings.multiplex {
+        let sink_stream = if session.multiplex {
             session.streams.first().copied().unwrap_or(stream)
         } else {
             stream

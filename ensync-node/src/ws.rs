@@ -494,6 +494,7 @@ impl Connection {
                         payload,
                         delivery_to,
                         metadata,
+                        payload_metadata,
                     } => {
                         let published = async {
                             own(&client_id)?;
@@ -504,7 +505,7 @@ impl Connection {
                                     payload,
                                     delivery_to,
                                     metadata,
-                                    payload_metadata: None,
+                                    payload_metadata,
                                 })
                                 .await
                         };

@@ -115,6 +115,7 @@ fn bench_codecs(c: &mut Criterion) {
         payload: sealed.clone(),
         delivery_to: secret.public_key().to_base64(),
         metadata: r#"{"source":"bench"}"#.to_owned(),
+        payload_metadata: None,
     };
     c.bench_function("ws_pub_encode_parse", |b| {
         b.iter(|| {

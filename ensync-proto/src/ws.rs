@@ -16,6 +16,10 @@
 //! - the value of the **last outstanding** field of a verb (the last one in the table
 //!   when the fields come in order, e.g. `METADATA` of `PUB` or `REASON` of `DEFER`) is
 //!   the rest of the frame, whatever it contains (JSON with `;` in it is fine);
+//! - except that `PUB`'s `METADATA` ends where its JSON value ends when that is followed
+//!   by `;PAYLOAD_METADATA=:` (the optional trailing field the Go SDK sends): the JSON
+//!   is read with a JSON parser, so `;` or even `PAYLOAD_METADATA=:` inside its strings
+//!   stay in it; `PAYLOAD_METADATA` is then the rest of the frame;
 //! - any other value ends at the next `;KEY=:` whose `KEY` is a field name of that verb.
 //!
 //! So a value other than the verb's last field must not contain `;KEY=:` for a field name
@@ -120,7 +124,8 @@ pub enum WsRequest {
         /// The app's access key (a secret).
         access_key: String,
     },
-    /// `PUB;CLIENT_ID;EVENT_NAME;PAYLOAD;DELIVERY_TO;METADATA`: publish to one recipient.
+    /// `PUB;CLIENT_ID;EVENT_NAME;PAYLOAD;DELIVERY_TO;METADATA[;PAYLOAD_METADATA]`: publish
+    /// to one recipient.
     Pub {
         /// Session id from `CONN`.
         client_id: String,
@@ -132,6 +137,10 @@ pub enum WsRequest {
         delivery_to: String,
         /// Metadata JSON text, as sent (not validated by the codec).
         metadata: String,
+        /// The optional trailing `PAYLOAD_METADATA` JSON text (the Go SDK sends it; the
+        /// published Node.js and Python WebSocket clients do not). When present,
+        /// `metadata` must be one JSON value for the frame to be encodable.
+        payload_metadata: Option<String>,
     },
     /// `SUB;CLIENT_ID;EVENT_NAME`.
     Sub {
@@ -243,6 +252,9 @@ const K_EVENT_NAME: &str = "EVENT_NAME";
 const K_PAYLOAD: &str = "PAYLOAD";
 const K_DELIVERY_TO: &str = "DELIVERY_TO";
 const K_METADATA: &str = "METADATA";
+const K_PAYLOAD_METADATA: &str = "PAYLOAD_METADATA";
+/// What follows `PUB`'s METADATA JSON when the optional field is there.
+const PAYLOAD_METADATA_DELIMITER: &str = ";PAYLOAD_METADATA=:";
 const K_EVENT_IDEM: &str = "EVENT_IDEM";
 const K_BLOCK: &str = "BLOCK";
 const K_DELAY: &str = "DELAY";
@@ -259,6 +271,7 @@ const VERBS: &[(&str, &[&str])] = &[
             K_PAYLOAD,
             K_DELIVERY_TO,
             K_METADATA,
+            K_PAYLOAD_METADATA,
         ],
     ),
     ("SUB", &[K_CLIENT_ID, K_EVENT_NAME]),
@@ -288,6 +301,27 @@ fn spec(verb: &str) -> &'static [&'static str] {
 
 fn lookup_verb(verb: &str) -> Option<(&'static str, &'static [&'static str])> {
     VERBS.iter().find(|(v, _)| *v == verb).copied()
+}
+
+/// Fields a request may leave out (only the trailing `PAYLOAD_METADATA` of `PUB`).
+fn is_optional(key: &str) -> bool {
+    key == K_PAYLOAD_METADATA
+}
+
+/// Where the JSON value at the start of `s` (after optional whitespace) ends, if `s`
+/// starts with a complete JSON value.
+fn json_value_end(s: &str) -> Option<usize> {
+    let mut values = serde_json::Deserializer::from_str(s).into_iter::<serde::de::IgnoredAny>();
+    match values.next() {
+        Some(Ok(_)) => Some(values.byte_offset()),
+        _ => None,
+    }
+}
+
+/// Where `PUB`'s METADATA value ends in `s` when a JSON value followed by
+/// `;PAYLOAD_METADATA=:` starts it.
+fn metadata_end(s: &str) -> Option<usize> {
+    json_value_end(s).filter(|&end| s[end..].starts_with(PAYLOAD_METADATA_DELIMITER))
 }
 
 /// Where the next `;KEY=:` with `KEY` one of `keys` starts in `s`.
@@ -355,13 +389,18 @@ impl WsRequest {
                 payload,
                 delivery_to,
                 metadata,
-            } => vec![
-                client_id.clone(),
-                event_name.clone(),
-                payload.clone(),
-                delivery_to.clone(),
-                metadata.clone(),
-            ],
+                payload_metadata,
+            } => {
+                let mut values = vec![
+                    client_id.clone(),
+                    event_name.clone(),
+                    payload.clone(),
+                    delivery_to.clone(),
+                    metadata.clone(),
+                ];
+                values.extend(payload_metadata.clone());
+                values
+            }
             Self::Sub {
                 client_id,
                 event_name,
@@ -444,9 +483,20 @@ impl WsRequest {
         let last = values.len().saturating_sub(1);
         keys.iter()
             .zip(values)
-            .take(last)
-            .find(|(_, v)| find_delimiter(v, keys).is_some())
-            .map(|(k, _)| *k)
+            .enumerate()
+            .find(|&(i, (key, v))| {
+                if *key == K_METADATA {
+                    // Followed by PAYLOAD_METADATA it must be exactly one JSON value; as
+                    // the last field it must not look like one followed by that field.
+                    return if i < last {
+                        json_value_end(v) != Some(v.len())
+                    } else {
+                        metadata_end(v).is_some()
+                    };
+                }
+                i < last && find_delimiter(v, keys).is_some()
+            })
+            .map(|(_, (k, _))| *k)
     }
 
     /// The text frame, written as the published clients write it. Never fails; when a
@@ -523,6 +573,10 @@ impl WsRequest {
                 payload: next()?,
                 delivery_to: next()?,
                 metadata: next()?,
+                payload_metadata: match it.next() {
+                    Some((_, value)) => value.map(str::to_owned),
+                    None => None,
+                },
             },
             "SUB" => Self::Sub {
                 client_id: next()?,
@@ -620,8 +674,22 @@ fn split_fields<'a>(
                 });
             }
         }
-        let outstanding = values.iter().filter(|v| v.is_none()).count();
-        let (value, next) = if index.is_some() && outstanding == 1 {
+        // Required fields still missing (this one included).
+        let outstanding = keys
+            .iter()
+            .zip(&values)
+            .filter(|(k, v)| v.is_none() && !is_optional(k))
+            .count();
+        let last_required = index.is_some_and(|i| !is_optional(keys[i])) && outstanding == 1;
+        let all_required_done = outstanding == 0;
+        let metadata_split = if key == K_METADATA {
+            metadata_end(after)
+        } else {
+            None
+        };
+        let (value, next) = if let Some(end) = metadata_split {
+            after.split_at(end)
+        } else if last_required || (index.is_some() && all_required_done) {
             (after, "")
         } else {
             match find_delimiter(after, keys) {
@@ -855,8 +923,9 @@ impl WsRecord {
         })
     }
 
-    /// The record as the JSON the node sends; `metadata` as a JSON value when it is JSON
-    /// other than a string or `null`, else as a string.
+    /// The record as the JSON the node sends, with the event id under both `idem` and
+    /// `id` (PROTOCOL.md section 3); `metadata` as a JSON value when it is JSON other than
+    /// a string or `null`, else as a string.
     #[must_use]
     pub fn to_value(&self) -> Value {
         let metadata = match serde_json::from_str::<Value>(&self.metadata) {
@@ -865,7 +934,9 @@ impl WsRecord {
         };
         let mut object = Map::new();
         object.insert("name".into(), Value::String(self.name.clone()));
+        // Both keys, same value: the npm Node.js client reads only `id`, the others `idem`.
         object.insert("idem".into(), Value::String(self.idem.clone()));
+        object.insert("id".into(), Value::String(self.idem.clone()));
         object.insert("block".into(), Value::from(self.block));
         if let Some(t) = self.logged_at {
             object.insert("loggedAt".into(), Value::from(t));
@@ -933,6 +1004,7 @@ mod tests {
                     payload: s("eyJhIjoxfQ=="),
                     delivery_to: s("PUBKEY+/="),
                     metadata: s(r#"{"persist": true}"#),
+                    payload_metadata: None,
                 },
                 r#"PUB;CLIENT_ID=:c1;EVENT_NAME=:orders/created;PAYLOAD=:eyJhIjoxfQ==;DELIVERY_TO=:PUBKEY+/=;METADATA=:{"persist": true}"#,
             ),
@@ -1036,6 +1108,94 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn pub_with_trailing_payload_metadata_as_the_go_sdk_sends_it() {
+        // METADATA strings holding `;`, field names and even `PAYLOAD_METADATA=:`.
+        let metadata =
+            r#"{"persist":true,"headers":{"note":"a;b;CLIENT_ID=:x;PAYLOAD_METADATA=:{}"}}"#;
+        let payload_metadata = r#"{"byte_size":9,"skeleton":{"n":"integer","s":";X=:"}}"#;
+        let frame = format!(
+            "PUB;CLIENT_ID=:c;EVENT_NAME=:e;PAYLOAD=:p;DELIVERY_TO=:d;METADATA=:{metadata};PAYLOAD_METADATA=:{payload_metadata}"
+        );
+        let expected = WsRequest::Pub {
+            client_id: "c".into(),
+            event_name: "e".into(),
+            payload: "p".into(),
+            delivery_to: "d".into(),
+            metadata: metadata.into(),
+            payload_metadata: Some(payload_metadata.into()),
+        };
+        assert_eq!(WsRequest::parse(&frame), Ok(expected.clone()));
+        assert_eq!(expected.try_encode(), Ok(frame));
+        // Whitespace around the JSON value is the JSON's own.
+        let spaced = "PUB;CLIENT_ID=:c;EVENT_NAME=:e;PAYLOAD=:p;DELIVERY_TO=:d;METADATA=: {\"a\":1};PAYLOAD_METADATA=:{}";
+        let Ok(WsRequest::Pub {
+            metadata,
+            payload_metadata,
+            ..
+        }) = WsRequest::parse(spaced)
+        else {
+            panic!("{spaced}")
+        };
+        assert_eq!(
+            (metadata.as_str(), payload_metadata.as_deref()),
+            (r#" {"a":1}"#, Some("{}"))
+        );
+        // Without the field, METADATA is still the rest of the frame.
+        let plain = "PUB;CLIENT_ID=:c;EVENT_NAME=:e;PAYLOAD=:p;DELIVERY_TO=:d;METADATA=:{\"k\":\";PAYLOAD_METADATA=:\"}";
+        let Ok(WsRequest::Pub {
+            metadata,
+            payload_metadata,
+            ..
+        }) = WsRequest::parse(plain)
+        else {
+            panic!("{plain}")
+        };
+        assert_eq!(metadata, r#"{"k":";PAYLOAD_METADATA=:"}"#);
+        assert_eq!(payload_metadata, None);
+        // METADATA that is not JSON is kept whole (the node refuses it with a reason).
+        let bad = "PUB;CLIENT_ID=:c;EVENT_NAME=:e;PAYLOAD=:p;DELIVERY_TO=:d;METADATA=:{oops;PAYLOAD_METADATA=:{}";
+        let Ok(WsRequest::Pub {
+            metadata,
+            payload_metadata,
+            ..
+        }) = WsRequest::parse(bad)
+        else {
+            panic!("{bad}")
+        };
+        assert_eq!(
+            (metadata.as_str(), payload_metadata),
+            ("{oops;PAYLOAD_METADATA=:{}", None)
+        );
+    }
+
+    #[test]
+    fn pub_metadata_that_cannot_be_written_unambiguously_is_refused() {
+        let mut r = WsRequest::Pub {
+            client_id: "c".into(),
+            event_name: "e".into(),
+            payload: "p".into(),
+            delivery_to: "d".into(),
+            metadata: "not json".into(),
+            payload_metadata: Some("{}".into()),
+        };
+        let unencodable = Err(WsError::Unencodable {
+            verb: "PUB",
+            field: "METADATA",
+        });
+        assert_eq!(r.try_encode(), unencodable);
+        if let WsRequest::Pub {
+            metadata,
+            payload_metadata,
+            ..
+        } = &mut r
+        {
+            *metadata = r#"{"a":1};PAYLOAD_METADATA=:{}"#.into();
+            *payload_metadata = None;
+        }
+        assert_eq!(r.try_encode(), unencodable);
     }
 
     #[test]
@@ -1166,6 +1326,7 @@ mod tests {
             payload: "p".into(),
             delivery_to: "d".into(),
             metadata: "{}".into(),
+            payload_metadata: None,
         };
         assert_eq!(
             r.try_encode(),
@@ -1412,6 +1573,7 @@ mod tests {
                 ";CLIENT_ID=:",
                 ";EVENT_NAME=:",
                 ";METADATA=:",
+                ";PAYLOAD_METADATA=:",
                 ";REASON=:",
                 ";BLOCK=:",
                 ";X=:",
@@ -1423,21 +1585,45 @@ mod tests {
         ]
     }
 
+    /// JSON objects whose strings hold delimiters, optionally followed by more text.
+    fn json_strategy() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec![
+                "a;b",
+                ";CLIENT_ID=:x",
+                ";PAYLOAD_METADATA=:{}",
+                "PAYLOAD_METADATA=:",
+                "",
+            ]),
+            prop::sample::select(vec!["", " ", ";PAYLOAD_METADATA=:{}", ";X=:1", "}"]),
+        )
+            .prop_map(|(inner, tail)| format!("{}{tail}", json!({ "note": inner })))
+    }
+
     fn request_strategy() -> impl Strategy<Value = WsRequest> {
         let v = value_strategy;
         prop_oneof![
             v().prop_map(|access_key| WsRequest::Conn { access_key }),
-            (v(), v(), v(), v(), v()).prop_map(
-                |(client_id, event_name, payload, delivery_to, metadata)| {
-                    WsRequest::Pub {
-                        client_id,
-                        event_name,
-                        payload,
-                        delivery_to,
-                        metadata,
+            (
+                v(),
+                v(),
+                v(),
+                v(),
+                prop_oneof![v(), json_strategy()],
+                prop::option::of(prop_oneof![v(), json_strategy()])
+            )
+                .prop_map(
+                    |(client_id, event_name, payload, delivery_to, metadata, payload_metadata)| {
+                        WsRequest::Pub {
+                            client_id,
+                            event_name,
+                            payload,
+                            delivery_to,
+                            metadata,
+                            payload_metadata,
+                        }
                     }
-                }
-            ),
+                ),
             (v(), v()).prop_map(|(client_id, event_name)| WsRequest::Sub {
                 client_id,
                 event_name
@@ -1492,12 +1678,23 @@ mod tests {
                     prop_assert_eq!(WsRequest::parse(&frame), Ok(request));
                 }
                 Err(WsError::Unencodable { verb, field }) => {
-                    // Only a non-final value holding `;KEY=:` of the verb is refused.
+                    // Only a non-final value holding `;KEY=:` of the verb is refused, or
+                    // PUB's METADATA when it is not one JSON value before
+                    // PAYLOAD_METADATA / looks like one followed by it when last.
                     let keys = spec(verb);
-                    prop_assert_ne!(Some(&field), keys.last());
                     let (_, values) = request.fields();
                     let i = keys.iter().position(|k| *k == field).unwrap();
-                    prop_assert!(find_delimiter(&values[i], keys).is_some());
+                    if field == K_METADATA {
+                        let v = &values[i];
+                        if i + 1 < values.len() {
+                            prop_assert_ne!(json_value_end(v), Some(v.len()));
+                        } else {
+                            prop_assert!(metadata_end(v).is_some());
+                        }
+                    } else {
+                        prop_assert!(i + 1 < values.len());
+                        prop_assert!(find_delimiter(&values[i], keys).is_some());
+                    }
                 }
                 Err(other) => prop_assert!(false, "unexpected error {other}"),
             }

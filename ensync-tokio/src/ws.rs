@@ -162,6 +162,9 @@ fn to_ws(request: Request) -> std::result::Result<WsRequest, RpcError> {
             } else {
                 r.metadata
             },
+            // Not sent: the published WebSocket clients (Python, npm) never send it, so
+            // every node reads a frame without it.
+            payload_metadata: None,
         },
         Request::Subscribe(r) => WsRequest::Sub {
             client_id: r.client_id,

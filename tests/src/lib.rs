@@ -228,15 +228,27 @@ impl PyDriver {
     /// Starts the driver under `python` with `config` (url and apps) and waits for
     /// its hello line.
     pub fn spawn(python: &Path, config: &Value, label: &str) -> Result<Self, String> {
-        let mut child = Command::new(python)
-            .arg("-u")
-            .arg(driver_script())
+        let mut command = Command::new(python);
+        command.arg("-u").arg(driver_script());
+        Self::spawn_command(command, config, label)
+    }
+
+    /// Starts another driver speaking the same step protocol (e.g. `node
+    /// tests/interop/ensync_driver.js`): `command` with `config` appended as its last
+    /// argument; waits for its hello line.
+    pub fn spawn_command(
+        mut command: Command,
+        config: &Value,
+        label: &str,
+    ) -> Result<Self, String> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .arg(config.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("{label}: cannot start {}: {e}", python.display()))?;
+            .map_err(|e| format!("{label}: cannot start {program}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr_pipe = child.stderr.take().ok_or("no stderr")?;
         let (tx, rx) = mpsc::channel();

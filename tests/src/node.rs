@@ -77,6 +77,8 @@ pub struct TestNode {
     running: Option<Running>,
     addr: SocketAddr,
     refuse: Refuse,
+    /// The `user-agent` every gRPC request is seen with (`None`: as sent).
+    pose_as: Option<&'static str>,
 }
 
 impl TestNode {
@@ -99,6 +101,23 @@ impl TestNode {
             running: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             refuse,
+            pose_as: None,
+        };
+        node.boot().await;
+        node
+    }
+
+    /// Starts a node with `apps` apps that sees every gRPC request with `user_agent`
+    /// instead of the client's own (so that it answers our clients in the form it
+    /// answers that client, e.g. `grpc-python/1.85.3`: the bare-envelope replay).
+    pub async fn start_seeing_user_agent(apps: usize, user_agent: &'static str) -> Self {
+        let setup = DevSetup::generate(apps).expect("generate dev setup");
+        let mut node = TestNode {
+            setup,
+            running: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            refuse: Refuse::Nothing,
+            pose_as: Some(user_agent),
         };
         node.boot().await;
         node
@@ -107,11 +126,15 @@ impl TestNode {
     async fn boot(&mut self) {
         assert!(self.running.is_none(), "node already running");
         let running = match self.refuse {
-            Refuse::Nothing => {
+            Refuse::Nothing if self.pose_as.is_none() => {
                 let node = ensync_node::Node::start(self.setup.config.clone())
                     .await
                     .expect("start node");
                 self.addr = node.grpc_addr();
+                // A restart binds the same WebSocket port too.
+                if let Some(ws) = node.ws_addr() {
+                    self.setup.config.ws_listen = Some(ws);
+                }
                 Running::Full(node)
             }
             refuse => self.boot_filtered(refuse).await,
@@ -132,7 +155,11 @@ impl TestNode {
             .expect("bind");
         self.addr = listener.local_addr().expect("local addr");
         let inner = ensync_node::grpc::GrpcService::new(service.clone()).into_server(8 << 20);
-        let svc = OneGeneration { inner, refuse };
+        let svc = OneGeneration {
+            inner,
+            refuse,
+            pose_as: self.pose_as,
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream_listener(listener);
         let server = tokio::spawn(async move {
@@ -164,6 +191,14 @@ impl TestNode {
     /// Generated app `i` (0-based).
     pub fn app(&self, i: usize) -> &DevApp {
         &self.setup.apps[i]
+    }
+
+    /// The WebSocket endpoint's address, when the node serves one.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        match self.running.as_ref()? {
+            Running::Full(node) => node.ws_addr(),
+            Running::Filtered { .. } => None,
+        }
     }
 
     /// The node's counters.
@@ -268,12 +303,14 @@ fn refused(refuse: Refuse, rpc: &str) -> bool {
     }
 }
 
-/// The node's gRPC service with one generation's RPCs answered `UNIMPLEMENTED`, as a
+/// The node's gRPC service, optionally seen with another `user-agent`, with one
+/// generation's RPCs answered `UNIMPLEMENTED`, as a
 /// node of the other generation answers them.
 #[derive(Clone)]
 struct OneGeneration<S> {
     inner: S,
     refuse: Refuse,
+    pose_as: Option<&'static str>,
 }
 
 impl<S> Service<http::Request<tonic::body::Body>> for OneGeneration<S>
@@ -294,7 +331,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(ua) = self.pose_as {
+            request
+                .headers_mut()
+                .insert(http::header::USER_AGENT, http::HeaderValue::from_static(ua));
+        }
         let rpc = request.uri().path().rsplit('/').next().unwrap_or_default();
         if refused(self.refuse, rpc) {
             let status = tonic::Status::unimplemented(format!("{rpc} is not served here"));

@@ -1250,7 +1250,7 @@ fn published_python_clients_against_our_node() {
 
     // docs/interop.md is generated from these results: it must say what this run found.
     if results.skipped.is_empty() && std::env::var(report::WRITE_ENV).as_deref() != Ok("1") {
-        let on_disk = std::fs::read_to_string(report::doc_path()).unwrap_or_default();
+        let on_disk = report::doc_section(SUITE).unwrap_or_default();
         assert!(
             on_disk == rendered,
             "docs/interop.md does not match this run's results (see target/interop/{SUITE}.md); \
