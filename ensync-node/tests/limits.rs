@@ -92,6 +92,20 @@ async fn half_sent_publish(
 /// a healthy client publishes and receives meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_flood_keeps_node_memory_bounded() {
+    flood(4_000_000, 3_900_000).await;
+}
+
+/// The same flood with messages the node accepts (declared just under its decode limit,
+/// 1 146 880 bytes with the defaults, all but the last 1 000 bytes sent): at most
+/// `max_concurrent_requests` (32) of them are read at a time, the others are held back
+/// by HTTP/2 flow control, so the node stays well under 100 MB (the README's worst case
+/// per connection: 32 x 1.1 MB + 4 MiB of connection window + headers, ~43 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_size_flood_keeps_node_memory_bounded() {
+    flood(1_146_000, 1_145_000).await;
+}
+
+async fn flood(declared: u32, send: usize) {
     let dev = ensync_node::dev::DevSetup::generate(2).unwrap();
     // Only the fields every version knows (the figure before the fix came from main's
     // binary), everything else at its default.
@@ -133,7 +147,7 @@ async fn stream_flood_keeps_node_memory_bounded() {
         .unwrap();
     let conn_task = tokio::spawn(connection);
     let flood: Vec<_> = (0..250)
-        .map(|_| tokio::spawn(half_sent_publish(h2.clone(), 4_000_000, 3_900_000)))
+        .map(|_| tokio::spawn(half_sent_publish(h2.clone(), declared, send)))
         .collect();
 
     // A healthy client on its own connection, meanwhile.
@@ -167,8 +181,8 @@ async fn stream_flood_keeps_node_memory_bounded() {
     }
     conn_task.abort();
     println!(
-        "stream flood: node VmRSS at start {} kB, peak sampled {} kB, VmHWM {} kB",
-        rss_start, peak_rss, hwm
+        "stream flood ({declared} bytes declared, {send} sent, 250 streams): node VmRSS at \
+         start {rss_start} kB, peak sampled {peak_rss} kB, VmHWM {hwm} kB"
     );
     assert!(
         healthy_done.is_ok(),
@@ -179,6 +193,57 @@ async fn stream_flood_keeps_node_memory_bounded() {
         "node peak RSS {hwm} kB under the stream flood (limit 100 MB)"
     );
     drop(proc);
+}
+
+/// A request whose message does not arrive in full within `request_timeout_ms` is
+/// answered with an error (its buffer freed) instead of waiting forever.
+#[tokio::test]
+async fn a_half_sent_request_times_out() {
+    let t = start_with(1, |c| c.request_timeout_ms = 300).await;
+    let tcp = tokio::net::TcpStream::connect(t.node.grpc_addr())
+        .await
+        .unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    h2 = h2.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/ensync.EnSyncService/PublishEvent")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = h2.send_request(request, false).unwrap();
+    let mut head = vec![0u8];
+    head.extend_from_slice(&1000u32.to_be_bytes());
+    head.extend_from_slice(&[0u8; 10]);
+    stream.send_data(Bytes::from(head), false).unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered within 5 s")
+        .expect("a response");
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let trailers = tokio::time::timeout(Duration::from_secs(5), body.trailers())
+        .await
+        .ok()
+        .and_then(|t| t.ok().flatten());
+    let status = status.or_else(|| {
+        trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_owned())
+    });
+    assert!(
+        matches!(status.as_deref(), Some("1" | "4")),
+        "CANCELLED or DEADLINE_EXCEEDED expected, got {status:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    t.node.shutdown().await;
 }
 
 /// Issue 13, defect 2: sockets that never send the HTTP/2 preface are closed after the
