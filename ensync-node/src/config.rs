@@ -72,7 +72,8 @@ pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub struct NodeConfig {
     /// Address of the gRPC endpoint (`"127.0.0.1:0"` picks a free port).
     pub grpc_listen: SocketAddr,
-    /// Directory of the durable store (created if missing).
+    /// Directory of the durable store (created if missing). Its `events.redb` is created
+    /// only where none exists; an existing one that is empty or damaged is refused.
     pub data_dir: PathBuf,
     /// Address of the WebSocket endpoint (path `/message`, PROTOCOL.md section 3); none
     /// when unset. Serves TLS (`wss://`) when `tls_cert`/`tls_key` are set.
