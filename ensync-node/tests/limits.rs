@@ -283,6 +283,50 @@ async fn silent_sockets_are_closed_after_the_handshake_timeout() {
     t.node.shutdown().await;
 }
 
+/// A peer that completes the HTTP/2 preface and then answers nothing (a dead peer) is
+/// disconnected after one unanswered keep-alive ping.
+#[tokio::test]
+async fn a_peer_that_answers_no_ping_is_disconnected() {
+    use tokio::io::AsyncWriteExt as _;
+    let t = start_with(1, |c| c.keepalive_interval_ms = 200).await;
+    let mut s = tokio::net::TcpStream::connect(t.node.grpc_addr())
+        .await
+        .unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap();
+    let started = Instant::now();
+    let mut saw_ping = false;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    // Frame type 6 = PING, somewhere in what came.
+                    let mut at = 0;
+                    while at + 9 <= buf.len() {
+                        let len =
+                            u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                        if buf[at + 3] == 0x6 {
+                            saw_ping = true;
+                        }
+                        at += 9 + len;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a dead peer is still connected after 5 s");
+    assert!(saw_ping, "the node pinged the peer before closing");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    t.node.shutdown().await;
+}
+
 /// Issue 13, deliverable 2: beyond `max_connections`, a gRPC connection gets an HTTP/2
 /// `GOAWAY` (`ENHANCE_YOUR_CALM`); once a connection closes, a new one is served.
 #[tokio::test]
