@@ -246,6 +246,21 @@ async fn a_half_sent_request_times_out() {
     t.node.shutdown().await;
 }
 
+/// The request deadline covers a subscription only until its stream is open: events
+/// still arrive on it long after.
+#[tokio::test]
+async fn subscriptions_outlive_the_request_timeout() {
+    let t = start_with(2, |c| c.request_timeout_ms = 200).await;
+    let (mut pc, pid) = t.session(0).await;
+    let (mut sc, sid) = t.session(1).await;
+    let mut s = subscribe(&mut sc, &sid, "late/x").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish(&mut pc, &pid, "late/x", &t.key(1), 0).await;
+    let ev = next(&mut s).await;
+    assert!(ack(&mut sc, &sid, &ev).await.success);
+    t.node.shutdown().await;
+}
+
 /// Issue 13, defect 2: sockets that never send the HTTP/2 preface are closed after the
 /// handshake timeout (they stayed open before).
 #[tokio::test]
