@@ -28,6 +28,23 @@ pub const DEFAULT_WS_PING_INTERVAL_MS: u64 = 30_000;
 pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Smallest accepted `store_cache_bytes`, 1 MiB.
 pub const MIN_STORE_CACHE_BYTES: usize = 1024 * 1024;
+/// Default cap on open connections, per endpoint (gRPC, WebSocket).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` the gRPC endpoint advertises.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Default number of gRPC requests of one connection whose request message is being
+/// received and handled at a time.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 32;
+/// Default time a new connection has to send the first bytes of its handshake, in ms.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default time a gRPC request has to arrive in full and be answered, in ms.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default interval of HTTP/2 keep-alive pings, in ms (a peer that does not answer one
+/// within the same time is disconnected).
+pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
+/// Bytes a gRPC `PublishEvent` may carry beyond its payload and metadata (session id,
+/// event name, recipients, protobuf and gRPC framing); see [`NodeConfig::max_grpc_message`].
+pub const GRPC_FRAMING_ALLOWANCE: usize = 64 * 1024;
 /// Default size of the store's page cache, 32 MiB (redb's own default is 1 GiB).
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -55,7 +72,8 @@ pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub struct NodeConfig {
     /// Address of the gRPC endpoint (`"127.0.0.1:0"` picks a free port).
     pub grpc_listen: SocketAddr,
-    /// Directory of the durable store (created if missing).
+    /// Directory of the durable store (created if missing). Its `events.redb` is created
+    /// only where none exists; an existing one that is empty or damaged is refused.
     pub data_dir: PathBuf,
     /// Address of the WebSocket endpoint (path `/message`, PROTOCOL.md section 3); none
     /// when unset. Serves TLS (`wss://`) when `tls_cert`/`tls_key` are set.
@@ -99,6 +117,29 @@ pub struct NodeConfig {
     /// queued events live on disk; this bounds how much of the file is kept in memory.
     /// Larger helps replay and delivery of old backlogs at the price of resident memory.
     pub store_cache_bytes: usize,
+    /// Most open connections per endpoint (gRPC and WebSocket each). Beyond it a new
+    /// gRPC connection gets an HTTP/2 `GOAWAY` (`ENHANCE_YOUR_CALM`, debug text
+    /// "connection limit reached") and is closed (over TLS it is closed before the TLS
+    /// handshake); a WebSocket upgrade gets HTTP 503. Each refusal is logged.
+    pub max_connections: usize,
+    /// The HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of the gRPC endpoint: most open
+    /// streams (calls, subscriptions included) per connection.
+    pub max_concurrent_streams: u32,
+    /// Most gRPC requests of one connection being received and handled at a time (a
+    /// subscription counts only until its stream is open); further requests wait, their
+    /// bytes held back by HTTP/2 flow control. With `max_grpc_message` this bounds the
+    /// memory one connection can make the node hold (see the node README).
+    pub max_concurrent_requests: usize,
+    /// A new connection must send the first bytes of its handshake (the HTTP/2 preface,
+    /// or the TLS ClientHello) within this many ms, and complete a TLS handshake within
+    /// it, or it is closed.
+    pub handshake_timeout_ms: u64,
+    /// A gRPC request must arrive in full and be answered within this many ms, or it
+    /// fails with `CANCELLED`/`DEADLINE_EXCEEDED` (a subscription: until its stream is open).
+    pub request_timeout_ms: u64,
+    /// Interval of the HTTP/2 keep-alive pings the gRPC endpoint sends, in ms; a peer
+    /// that does not answer one within the same time is disconnected.
+    pub keepalive_interval_ms: u64,
     /// The apps allowed to connect.
     pub apps: Vec<AppConfig>,
 }
@@ -121,6 +162,12 @@ impl Default for NodeConfig {
             retention_secs: DEFAULT_RETENTION_SECS,
             group_commit: true,
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             apps: Vec::new(),
         }
     }
@@ -236,6 +283,17 @@ impl NodeConfig {
         }
     }
 
+    /// The largest gRPC message the node decodes: `max_payload_bytes` + 2 x
+    /// `max_metadata_bytes` (metadata and payload metadata) + [`GRPC_FRAMING_ALLOWANCE`]
+    /// (1 MiB + 32 KiB + 64 KiB = 1 146 880 bytes with the defaults). A request message
+    /// declaring more is refused (`OUT_OF_RANGE`) before its body is read; one a little
+    /// over the payload limit reaches the node's own check and gets a reason.
+    pub fn max_grpc_message(&self) -> usize {
+        self.max_payload_bytes
+            .saturating_add(self.max_metadata_bytes.saturating_mul(2))
+            .saturating_add(GRPC_FRAMING_ALLOWANCE)
+    }
+
     /// Parses TOML text and validates it.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -294,6 +352,24 @@ impl NodeConfig {
         }
         if self.retention_secs == 0 {
             return Err(field_err("retention_secs", "must be greater than 0"));
+        }
+        for (field, value) in [
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(field_err(field, "must be greater than 0"));
+            }
         }
         if self.store_cache_bytes < MIN_STORE_CACHE_BYTES {
             return Err(field_err(

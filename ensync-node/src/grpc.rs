@@ -109,7 +109,11 @@ impl GrpcService {
     }
 
     async fn do_ack(&self, r: wire::AcknowledgeRequest) -> wire::AcknowledgeResponse {
-        let (success, message) = message(self.service.ack(&r.client_id, &r.event_idem).await);
+        let (success, message) = message(
+            self.service
+                .ack_at(&r.client_id, &r.event_idem, r.partition_block)
+                .await,
+        );
         let message = if success {
             "acknowledged".to_owned()
         } else {

@@ -11,6 +11,8 @@
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
 //!   method per operation);
 //! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;
+//! - [`limits`]: the connection cap and handshake deadline on the gRPC endpoint's sockets
+//!   (the other bounds are settings of the HTTP/2 server; the node README, "Limits");
 //! - [`ws`]: the WebSocket endpoint (`/message`, PROTOCOL.md section 3) over the same
 //!   service, when `ws_listen` is set;
 //! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
@@ -32,6 +34,7 @@ pub mod config;
 pub mod dev;
 pub mod grpc;
 pub mod keys;
+pub mod limits;
 pub mod perm;
 pub mod service;
 pub mod store;
@@ -98,9 +101,14 @@ impl Node {
                 let read = |p: &std::path::Path| {
                     std::fs::read(p).map_err(|e| NodeError::Tls(format!("{}: {e}", p.display())))
                 };
-                Some(tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-                ))
+                Some(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(
+                            read(cert)?,
+                            read(key)?,
+                        ))
+                        .timeout(Duration::from_millis(config.handshake_timeout_ms)),
+                )
             }
             _ => None,
         };
@@ -109,8 +117,13 @@ impl Node {
             // payload is an ~88 KB envelope) does not wait for a WINDOW_UPDATE round trip.
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(4 << 20))
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+            .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_interval_ms)))
+            // Memory bounds (node README, "Limits"): streams per connection, requests
+            // being received at a time per connection, and a deadline for each request.
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .concurrency_limit_per_connection(config.max_concurrent_requests)
+            .timeout(Duration::from_millis(config.request_timeout_ms));
         if let Some(tls) = tls {
             builder = builder
                 .tls_config(tls)
@@ -156,17 +169,36 @@ impl Node {
             }
             None => None,
         };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        });
-        let max_message = config
-            .max_payload_bytes
-            .saturating_add(config.max_metadata_bytes.saturating_mul(2))
-            .saturating_add(64 * 1024)
-            .max(4 * 1024 * 1024);
+        let limit = limits::ConnLimit::new(config.max_connections);
+        let handshake = Duration::from_millis(config.handshake_timeout_ms);
+        let plaintext = config.tls_cert.is_none();
+        let incoming =
+            tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |s| {
+                let accepted = match s {
+                    Ok(tcp) => {
+                        let _ = tcp.set_nodelay(true);
+                        match limit.try_acquire() {
+                            Some(permit) => {
+                                Some(Ok(limits::GuardedIo::new(tcp, handshake, permit)))
+                            }
+                            None => {
+                                tracing::warn!(
+                                    peer = ?tcp.peer_addr().ok(),
+                                    max_connections = limit.max(),
+                                    "gRPC connection refused: connection limit reached"
+                                );
+                                if plaintext {
+                                    tokio::spawn(limits::refuse_h2(tcp));
+                                }
+                                None
+                            }
+                        }
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                std::future::ready(accepted)
+            });
+        let max_message = config.max_grpc_message();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = builder
             .add_service(grpc::GrpcService::new(service.clone()).into_server(max_message))

@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::config::NodeConfig;
 use crate::perm::Permissions;
-use crate::store::{NewEvent, PendingEntry, Store, StoreError, WriteOp, WriteOutcome};
+use crate::store::{NewEvent, PendingEntry, Store, StoreError, StoredEvent, WriteOp, WriteOutcome};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -143,12 +143,19 @@ pub enum StreamEnd {
     SessionEnded,
     /// The node is shutting down; clients should reconnect.
     ShuttingDown,
+    /// The node could not go on delivering on this stream (its store failed, or its
+    /// delivery task did); clients should reconnect. Its events go back to the queue,
+    /// except records that could not be read, which are held back (logged).
+    DeliveryFailed,
 }
 
 impl StreamEnd {
     /// Whether the stream should end with an error status (reconnect) rather than normally.
     pub fn is_error(self) -> bool {
-        matches!(self, Self::SessionEnded | Self::ShuttingDown)
+        matches!(
+            self,
+            Self::SessionEnded | Self::ShuttingDown | Self::DeliveryFailed
+        )
     }
 }
 
@@ -159,6 +166,7 @@ impl std::fmt::Display for StreamEnd {
             Self::Replaced => "subscribed again on this session",
             Self::SessionEnded => "session ended",
             Self::ShuttingDown => "node is shutting down",
+            Self::DeliveryFailed => "the node failed to deliver on this stream; reconnect",
         })
     }
 }
@@ -698,7 +706,7 @@ impl NodeService {
             // A new stream may be the session's multiplex sink: wake its other subscriptions.
             inner.wake_session(client_id);
         }
-        tokio::spawn(deliver(Arc::downgrade(inner), stream, notify));
+        tokio::spawn(supervise_delivery(Arc::downgrade(inner), stream, notify));
         tracing::debug!(event_name, stream, "subscribed");
         Ok(EventStream {
             stream,
@@ -726,9 +734,24 @@ impl NodeService {
 
     /// `AcknowledgeEvent` / `AcknowledgeMessage`: the event is done; it is never delivered
     /// again (durably). `event_name` and `partition_block` are not needed to find it (the
-    /// id is unique) and are not checked.
+    /// id is unique); [`NodeService::ack_at`] checks a given `partition_block`.
     pub async fn ack(&self, client_id: &str, event_idem: &str) -> Result<(), ServiceError> {
-        self.finish(client_id, event_idem, "acknowledge").await
+        self.finish(client_id, event_idem, None, "acknowledge")
+            .await
+    }
+
+    /// Like [`NodeService::ack`], with the `partition_block` the client sent: when given
+    /// ([`ensync_proto::validate::given_partition_block`]: not 0) and not the event's,
+    /// the ack is refused and the event stays in flight.
+    pub async fn ack_at(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        partition_block: i64,
+    ) -> Result<(), ServiceError> {
+        let block = validate::given_partition_block(partition_block);
+        self.finish(client_id, event_idem, block, "acknowledge")
+            .await
     }
 
     /// `DiscardEvent` / `DiscardMessage`: like ack (the event is never delivered again); it
@@ -740,11 +763,19 @@ impl NodeService {
         reason: &str,
     ) -> Result<(), ServiceError> {
         tracing::debug!(event_idem, reason, "discard");
-        self.finish(client_id, event_idem, "discard").await
+        self.finish(client_id, event_idem, None, "discard").await
     }
 
-    async fn finish(&self, client_id: &str, idem: &str, what: &str) -> Result<(), ServiceError> {
-        let (key, block) = self.inner.take_in_flight(client_id, idem, what)?;
+    async fn finish(
+        &self,
+        client_id: &str,
+        idem: &str,
+        given_block: Option<i64>,
+        what: &str,
+    ) -> Result<(), ServiceError> {
+        let (key, block) = self
+            .inner
+            .take_in_flight(client_id, idem, given_block, what)?;
         let op = WriteOp::Remove {
             recipient: self.inner.apps[key.0].key_text.clone(),
             name: key.1.to_string(),
@@ -775,7 +806,9 @@ impl NodeService {
             touch(&mut st, client_id)?;
         }
         validate::defer_delay_ms(delay_ms).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        let (key, block) = self.inner.take_in_flight(client_id, event_idem, "defer")?;
+        let (key, block) = self
+            .inner
+            .take_in_flight(client_id, event_idem, None, "defer")?;
         let due_ms = now_ms() + delay_ms as u64;
         let op = WriteOp::SetDue {
             recipient: self.inner.apps[key.0].key_text.clone(),
@@ -1049,6 +1082,7 @@ impl Inner {
         &self,
         client_id: &str,
         idem: &str,
+        given_block: Option<i64>,
         what: &str,
     ) -> Result<(QueueKey, u64), ServiceError> {
         let mut st = lock(&self.state);
@@ -1057,7 +1091,16 @@ impl Inner {
             return Err(ServiceError::Invalid("event id is empty".into()));
         }
         match st.in_flight.get(idem) {
-            Some(f) if &*f.session == client_id => {}
+            Some(f) if &*f.session == client_id => {
+                if let Some(given) = given_block {
+                    if i64::try_from(f.block).ok() != Some(given) {
+                        return Err(ServiceError::Invalid(format!(
+                            "cannot {what} event {idem:?}: its partition_block is {}, not {given}",
+                            f.block
+                        )));
+                    }
+                }
+            }
             Some(f) if f.key.0 == app => {
                 return Err(ServiceError::NotInFlight(format!(
                     "cannot {what} event {idem:?}: it is in flight to another session of this app"
@@ -1175,6 +1218,67 @@ impl Inner {
     }
 }
 
+/// Runs the delivery task of one subscription; if it fails (a panic: a bug, or a store
+/// implementation that panics), the stream ends with [`StreamEnd::DeliveryFailed`], so
+/// the client sees an error and reconnects instead of waiting on a silent stream.
+async fn supervise_delivery(inner: Weak<Inner>, stream: u64, notify: Arc<Notify>) {
+    use futures::FutureExt as _;
+    let run = std::panic::AssertUnwindSafe(deliver(inner.clone(), stream, notify));
+    if let Err(panic) = run.catch_unwind().await {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(stream, panic = %msg, "delivery task failed; ending its stream");
+        if let Some(node) = inner.upgrade() {
+            node.fail_stream(stream);
+        }
+    }
+}
+
+impl Inner {
+    /// Ends a subscription stream with [`StreamEnd::DeliveryFailed`]; what was in flight
+    /// on it goes back to the queue.
+    fn fail_stream(&self, stream: u64) {
+        let mut st = lock(&self.state);
+        st.remove_sub(stream, Some(StreamEnd::DeliveryFailed));
+        st.return_where(|f| f.stream == stream || f.sub == stream);
+    }
+
+    /// Reads the records of `taken` for delivery. A record that cannot be decoded (or
+    /// whose read trips the store's damage checks) is held back: logged, out of flight,
+    /// still pending on disk (delivered after a restart once the store is repaired), and
+    /// the others are delivered. Any other store failure is `Err`.
+    fn read_for_delivery(
+        &self,
+        taken: &[(Arc<str>, u64)],
+    ) -> Result<Vec<Option<StoredEvent>>, ServiceError> {
+        let store = self.store()?;
+        let ids: Vec<&str> = taken.iter().map(|(id, _)| &**id).collect();
+        match store.events(&ids) {
+            Ok(records) => return Ok(records),
+            Err(StoreError::Corrupt(_) | StoreError::Damaged(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // One of the batch is unreadable: find which, one by one.
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match store.events(&[id]) {
+                Ok(mut r) => out.push(r.pop().flatten()),
+                Err(e @ (StoreError::Corrupt(_) | StoreError::Damaged(_))) => {
+                    tracing::error!(event = %id, error = %e,
+                        "stored record cannot be read; holding the event back");
+                    self.lost(id);
+                    out.push(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The delivery task of one subscription.
 async fn deliver(inner: Weak<Inner>, stream: u64, notify: Arc<Notify>) {
     loop {
@@ -1186,26 +1290,24 @@ async fn deliver(inner: Weak<Inner>, stream: u64, notify: Arc<Notify>) {
                 notify.notified().await;
             }
             Take::Events(taken, sink) => {
-                let ids: Vec<&str> = taken.iter().map(|(id, _)| &**id).collect();
-                let records = node
-                    .store()
-                    .and_then(|s| s.events(&ids).map_err(Into::into));
-                let records = match records {
+                let records = match node.read_for_delivery(&taken) {
                     Ok(r) => r,
+                    Err(ServiceError::ShuttingDown) => return,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot read events for delivery");
-                        for (id, _) in &taken {
-                            node.lost(id);
-                        }
-                        continue;
+                        tracing::error!(error = %e, stream,
+                            "cannot read events for delivery; ending the stream");
+                        node.fail_stream(stream);
+                        return;
                     }
                 };
                 drop(node);
                 for ((id, _), record) in taken.iter().zip(records) {
                     let Some(stored) = record else {
-                        tracing::error!(event = %id, "pending event has no stored record");
                         if let Some(node) = inner.upgrade() {
-                            node.lost(id);
+                            if lock(&node.state).in_flight.contains_key(id) {
+                                tracing::error!(event = %id, "pending event has no stored record");
+                                node.lost(id);
+                            }
                         }
                         continue;
                     };

@@ -11,7 +11,8 @@
 //! it is also *pending* in its queue `(recipient, event name)` under its `partition_block`,
 //! with the time it is due (0 = now, later when deferred).
 
-use std::path::Path;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -24,6 +25,9 @@ const PENDING: TableDefinition<'_, (&str, &str, u64), (&str, u64)> =
 const BLOCKS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("blocks");
 /// (published epoch ms, event id) -> (), for the retention purge.
 const BY_TIME: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("by_time");
+
+/// The store's file name in the data directory.
+pub const STORE_FILE: &str = "events.redb";
 
 /// The most events one purge operation removes (keeps commits short).
 const PURGE_LIMIT: usize = 10_000;
@@ -41,6 +45,45 @@ pub enum StoreError {
     /// The store (its writer) has shut down.
     #[error("the store is shut down")]
     Closed,
+    /// The store file cannot be used: missing permissions, empty, damaged, of another
+    /// format. The node refuses to start on it (and never replaces it).
+    #[error("store file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The embedded database failed an internal check while reading or writing (a
+    /// damaged file; redb panicked and the panic was contained).
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
+}
+
+/// Runs `f`, turning a panic into [`StoreError::Damaged`].
+///
+/// redb returns errors for the damage it detects (bad magic, newer format, failed
+/// checksums while repairing after a crash), but some damage to a cleanly closed file
+/// trips its internal assertions, unwraps and slice indexing instead (seen: a file cut to
+/// half its length or to 4096 bytes fails an assertion of the page manager when it is
+/// opened; flipped bytes in a B-tree page panic in `types.rs`, `tuple_types.rs`,
+/// `buddy_allocator.rs`). redb 3 has no option to make those errors, so every call into
+/// it goes through here: a damaged store becomes a clean error, never a panic of the
+/// process. (The panic hook still prints redb's message to stderr; what follows is ours.)
+fn contain<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(StoreError::Damaged(format!(
+                "the embedded database failed while {what}: {msg}"
+            )))
+        }
+    }
 }
 
 macro_rules! db_err {
@@ -192,27 +235,103 @@ impl RedbStore {
         Self::open_with_cache(dir, crate::config::DEFAULT_STORE_CACHE_BYTES)
     }
 
-    /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes` (read and
-    /// write cache together; redb's own default would be 1 GiB).
+    /// Opens the store in `dir` ([`STORE_FILE`]) with a page cache of `cache_bytes` (read
+    /// and write cache together; redb's own default would be 1 GiB).
+    ///
+    /// A new, empty store is created only where no file exists. An existing file is
+    /// opened and its integrity checked (every page checksum: this reads the whole file
+    /// once); one that is empty, unreadable, damaged or of another format is an error
+    /// naming the file ([`StoreError::File`]), never replaced nor a panic.
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(dir.join("events.redb"))?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(EVENTS)?;
-            txn.open_table(PENDING)?;
-            txn.open_table(BLOCKS)?;
-            txn.open_table(BY_TIME)?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::File {
+            path: dir.to_owned(),
+            reason: format!("cannot create the data directory: {e}"),
+        })?;
+        let path = dir.join(STORE_FILE);
+        let refuse = |reason: String| StoreError::File {
+            path: path.clone(),
+            reason,
+        };
+        let exists = match std::fs::metadata(&path) {
+            Ok(m) if !m.is_file() => return Err(refuse("not a regular file".into())),
+            Ok(m) if m.len() == 0 => {
+                return Err(refuse(
+                    "the file is empty (0 bytes), so its events are gone; the node does not \
+                     start an empty store in its place: move the file away to start anew"
+                        .into(),
+                ));
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(refuse(format!("cannot read it: {e}"))),
+        };
+        if exists {
+            // Unreadable (permissions) is an error here, before redb sees the file.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| refuse(format!("cannot open it for reading and writing: {e}")))?;
         }
-        txn.commit()?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes);
+        let db = contain("opening the file", || {
+            let mut db = if exists {
+                builder.open(&path)?
+            } else {
+                builder.create(&path)?
+            };
+            if exists && !db.check_integrity()? {
+                // redb found a page whose checksum failed and rolled the file back to its
+                // last intact commit: say so loudly (a crash does not get here: redb
+                // repairs that silently and correctly while opening).
+                tracing::error!(
+                    file = %path.display(),
+                    "the store failed its integrity check and was repaired by rolling \
+                     back to its last intact commit; events of the damaged commit may be lost"
+                );
+            }
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(EVENTS)?;
+                txn.open_table(PENDING)?;
+                txn.open_table(BLOCKS)?;
+                txn.open_table(BY_TIME)?;
+            }
+            txn.commit()?;
+            Ok(db)
+        })
+        .map_err(|e| match e {
+            StoreError::File { .. } => e,
+            StoreError::Db(reason) | StoreError::Damaged(reason) => refuse(reason),
+            other => refuse(other.to_string()),
+        })?;
         Ok(Self { db })
     }
 }
 
 impl Store for RedbStore {
     fn commit(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        contain("committing", || self.commit_inner(ops))
+    }
+
+    fn pending(&self) -> Result<Vec<PendingEntry>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_pending(&mut |entry| out.push(entry))?;
+        Ok(out)
+    }
+
+    fn for_each_pending(&self, f: &mut dyn FnMut(PendingEntry)) -> Result<(), StoreError> {
+        contain("listing pending events", || self.for_each_pending_inner(f))
+    }
+
+    fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError> {
+        contain("reading events", || self.events_inner(ids))
+    }
+}
+
+impl RedbStore {
+    fn commit_inner(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut txn = self.db.begin_write()?;
         // redb's default, spelled out: the commit returns once the data is fsynced.
         txn.set_durability(Durability::Immediate)?;
@@ -298,13 +417,7 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn pending(&self) -> Result<Vec<PendingEntry>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_pending(&mut |entry| out.push(entry))?;
-        Ok(out)
-    }
-
-    fn for_each_pending(&self, f: &mut dyn FnMut(PendingEntry)) -> Result<(), StoreError> {
+    fn for_each_pending_inner(&self, f: &mut dyn FnMut(PendingEntry)) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PENDING)?;
         for item in table.iter()? {
@@ -322,7 +435,7 @@ impl Store for RedbStore {
         Ok(())
     }
 
-    fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError> {
+    fn events_inner(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(EVENTS)?;
         ids.iter()

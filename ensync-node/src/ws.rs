@@ -74,6 +74,7 @@ struct Settings {
     ping_interval: Duration,
     misses: u32,
     max_message: usize,
+    connections: crate::limits::ConnLimit,
 }
 
 /// A bound, serving WebSocket endpoint.
@@ -104,6 +105,7 @@ impl WsEndpoint {
                 .max_payload_bytes
                 .saturating_add(config.max_metadata_bytes.saturating_mul(2))
                 .saturating_add(64 * 1024),
+            connections: crate::limits::ConnLimit::new(config.max_connections),
         });
         let (stop, stop_rx) = watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -192,10 +194,26 @@ async fn accept_loop(
                 };
                 let _ = tcp.set_nodelay(true);
                 let tls = tls.clone();
+                let Some(permit) = settings.connections.try_acquire() else {
+                    tracing::warn!(%peer, max_connections = settings.connections.max(),
+                        "WebSocket connection refused: connection limit reached");
+                    tokio::spawn(async move {
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(Ok(s)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                                    refuse(s).await;
+                                }
+                            }
+                            None => refuse(tcp).await,
+                        }
+                    });
+                    continue;
+                };
                 let service = service.clone();
                 let settings = settings.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
+                    let _permit = permit;
                     match tls {
                         Some(tls) => {
                             let tls_stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
@@ -226,6 +244,28 @@ async fn accept_loop(
 fn is_message_path(path: &str) -> bool {
     let path = path.split('?').next().unwrap_or("");
     path.trim_matches('/') == "message"
+}
+
+/// Answers a WebSocket upgrade over the connection cap with HTTP 503 (`Retry-After: 1`).
+async fn refuse<S>(stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    #[allow(clippy::result_large_err)]
+    let check = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+        let mut refusal = ErrorResponse::new(Some(crate::limits::CONNECTION_LIMIT_TEXT.into()));
+        *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        refusal.headers_mut().insert(
+            "retry-after",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("1"),
+        );
+        Err(refusal)
+    };
+    let _ = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::accept_hdr_async(stream, check),
+    )
+    .await;
 }
 
 async fn handshake<S>(
@@ -301,6 +341,25 @@ enum End {
     SessionEnded(String),
     ShuttingDown,
     WriteFailed,
+    /// The client broke a rule of the protocol: closed with this code and reason.
+    Violation(CloseCode, String),
+}
+
+/// The close frame for a frame the library refused to read: 1007 for text that is not
+/// UTF-8, 1009 for a frame or message over the size limit, 1002 for a protocol error;
+/// `None` when the connection itself failed (nothing can be sent).
+fn violation(e: &tokio_tungstenite::tungstenite::Error) -> Option<End> {
+    use tokio_tungstenite::tungstenite::Error as E;
+    let (code, reason) = match e {
+        E::Utf8(_) => (
+            CloseCode::Invalid,
+            "text frame is not valid UTF-8".to_owned(),
+        ),
+        E::Capacity(c) => (CloseCode::Size, format!("over the size limit: {c}")),
+        E::Protocol(p) => (CloseCode::Protocol, p.to_string()),
+        _ => return None,
+    };
+    Some(End::Violation(code, reason))
 }
 
 struct Connection {
@@ -367,7 +426,7 @@ impl Connection {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "WebSocket read failed");
-                            break End::ClientGone;
+                            break violation(&e).unwrap_or(End::ClientGone);
                         }
                         None => break End::ClientGone,
                     };
@@ -425,6 +484,7 @@ impl Connection {
             End::Quiet => Some((CloseCode::Away, "no answer to PING".to_owned())),
             End::SessionEnded(why) => Some((CloseCode::Away, why)),
             End::ShuttingDown => Some((CloseCode::Restart, "node is shutting down".to_owned())),
+            End::Violation(code, reason) => Some((code, reason)),
         };
         if let Some((code, reason)) = close {
             let frame = CloseFrame {
@@ -533,11 +593,12 @@ impl Connection {
                     WsRequest::Ack {
                         client_id,
                         event_idem,
+                        block,
                         ..
                     } => {
                         let acked = async {
                             own(&client_id)?;
-                            service.ack(&client_id, &event_idem).await
+                            service.ack_at(&client_id, &event_idem, block).await
                         };
                         Answer::of(acked.await.map(|()| Answer::pass("acknowledged")))
                     }

@@ -63,6 +63,14 @@ pub fn event_name(name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The `partition_block` an acknowledgement names, if it names one. 0 means "not given":
+/// it is what an absent protobuf field decodes to, and what published clients send when
+/// they do not have the block. Any other value must be the event's block (blocks start
+/// at 1, so a negative one never matches).
+pub fn given_partition_block(block: i64) -> Option<i64> {
+    (block != 0).then_some(block)
+}
+
 /// Checks a defer delay in milliseconds (1000 ..= 86 400 000).
 pub fn defer_delay_ms(ms: i64) -> Result<(), ValidationError> {
     let min = MIN_DEFER_DELAY.as_millis() as i64;
