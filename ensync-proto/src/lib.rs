@@ -9,7 +9,8 @@
 //! - [`payload_meta`]: the `payload_metadata` the published clients attach to a publish;
 //! - [`url`]: the connection URL rules of the seed README;
 //! - [`framing`]: gRPC's 5-byte length-prefixed message framing, for adapters speaking raw HTTP/2;
-//! - [`ws`]: the WebSocket text protocol codec;
+//! - [`ws`]: the WebSocket text protocol codec; [`ws_client`]: the client side of a
+//!   WebSocket connection (request queue, answers to session inputs, `PING`, liveness);
 //! - [`clients`]: how to tell the published clients apart, and the replay answer forms
 //!   and delivery rules each of them needs (shared by the node and our SDK);
 //! - [`validate`]: event-name and option validation shared by clients and the node;
@@ -32,6 +33,7 @@ pub mod session;
 pub mod url;
 pub mod validate;
 pub mod ws;
+pub mod ws_client;
 
 #[cfg(feature = "__fuzz")]
 #[doc(hidden)]

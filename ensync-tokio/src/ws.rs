@@ -1,35 +1,29 @@
-//! The WebSocket transport (PROTOCOL.md section 3) on tokio-tungstenite: the same driver
-//! and session as gRPC, with the session's calls written as text requests.
+//! The WebSocket transport (PROTOCOL.md section 3) on tokio-tungstenite: socket and TLS
+//! code only. Every protocol decision (requests as text frames, matching answers to
+//! requests first in first out, routing `+RECORD` pushes, answering `PING`, liveness)
+//! is the sans-IO [`WsClient`] of `ensync-proto`; this file moves its frames to and
+//! from the socket and hands its inputs to the waiting calls and streams.
 //!
-//! One task per connection owns the socket's reading half and a queue of the requests
-//! sent and not yet answered: the node answers in request order, so each `+PASS`,
-//! `+REPLAY` or `-FAIL` completes the oldest request (first in, first out). `+RECORD`
-//! pushes are routed by their own event name to the subscribe stream of that name;
-//! `PING` is answered with `PONG`. Writing is a separate task, so reading never waits on
-//! a write (a node blocked on writing to us is always drained).
-//!
-//! Liveness: the client sends a WebSocket ping every `heartbeat_interval` and counts the
-//! connection lost when nothing at all arrived for two intervals; the session then
-//! reconnects and resubscribes as over gRPC. Buffering is bounded: each subscribe stream
-//! holds at most [`STREAM_BUFFER`] (or four times the subscription buffer) events not
-//! yet taken by the driver; a node that pushes more than that is dropped and reconnected
-//! (it delivers the unacknowledged events again).
+//! One task per connection owns the socket's reading half and the [`WsClient`]; writing
+//! is a separate task, so reading never waits on a write (a node blocked on writing to
+//! us is always drained). Buffering is bounded: each subscribe stream holds at most
+//! [`STREAM_BUFFER`] (or four times the subscription buffer) events not yet taken by
+//! the driver; a node that pushes more than that is dropped and reconnected (it
+//! delivers the unacknowledged events again).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ensync_proto::session::{Call, Reply, Request, RpcCode, RpcError};
+use ensync_proto::session::{Call, CallId, Input, Reply, RpcCode, RpcError};
 use ensync_proto::url::WsEndpoint;
-use ensync_proto::wire;
-use ensync_proto::ws::{WsRecord, WsRequest, WsServerFrame, parse_conn_pass};
+use ensync_proto::ws_client::{WsClient, WsTransmit};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,264 +99,50 @@ impl WsTransport {
     }
 }
 
-/// An open WebSocket connection: where to send requests, and whether it was lost.
+/// An open WebSocket connection: where to send calls, and whether it was lost.
 #[derive(Clone)]
 pub(crate) struct WsConn {
-    requests: mpsc::UnboundedSender<Pending>,
+    commands: mpsc::UnboundedSender<Command>,
     lost: watch::Receiver<Option<String>>,
 }
 
 type Sink = mpsc::Sender<std::result::Result<StreamItem, RpcError>>;
+type Events = BoxStream<'static, std::result::Result<StreamItem, RpcError>>;
 
-/// A request on its way, and who waits for its answer.
-struct Pending {
-    frame: String,
-    answer: oneshot::Sender<WsServerFrame>,
-    /// For `SUB`: where this name's records go once the node said `+PASS`.
-    subscribe: Option<(String, Sink)>,
+/// What the driver's futures ask of the connection's task.
+enum Command {
+    Call(Call, Waiter),
+}
+
+/// Who waits for what the node says about a call.
+enum Waiter {
+    Unary(oneshot::Sender<std::result::Result<Reply, RpcError>>),
+    /// A subscribe call until the node accepts it, with its stream's capacity.
+    Subscribe(
+        oneshot::Sender<std::result::Result<Events, RpcError>>,
+        usize,
+    ),
+    /// An open subscribe stream.
+    Stream(Sink),
 }
 
 fn lost_error(message: impl Into<String>) -> RpcError {
     RpcError::new(RpcCode::Unavailable, message)
 }
 
-impl WsConn {
-    /// Sends a request and waits for its answer.
-    async fn request(
-        &self,
-        frame: String,
-        subscribe: Option<(String, Sink)>,
-    ) -> std::result::Result<WsServerFrame, RpcError> {
-        let (answer, rx) = oneshot::channel();
-        self.requests
-            .send(Pending {
-                frame,
-                answer,
-                subscribe,
-            })
-            .map_err(|_| lost_error("the WebSocket connection is closed"))?;
-        rx.await
-            .map_err(|_| lost_error("the WebSocket connection was lost"))
-    }
-}
-
-/// The text request for a session call.
-fn to_ws(request: Request) -> std::result::Result<WsRequest, RpcError> {
-    Ok(match request {
-        Request::Connect(r) => WsRequest::Conn {
-            access_key: r.access_key,
-        },
-        Request::Publish(r) => WsRequest::Pub {
-            client_id: r.client_id,
-            event_name: r.event_name,
-            payload: r.payload,
-            delivery_to: r.delivery_to,
-            metadata: if r.metadata.is_empty() {
-                "{}".to_owned()
-            } else {
-                r.metadata
-            },
-            // Not sent: the published WebSocket clients (Python, npm) never send it, so
-            // every node reads a frame without it.
-            payload_metadata: None,
-        },
-        Request::Subscribe(r) => WsRequest::Sub {
-            client_id: r.client_id,
-            event_name: r.event_name,
-        },
-        Request::Unsubscribe(r) => WsRequest::Unsub {
-            client_id: r.client_id,
-            event_name: r.event_name,
-        },
-        Request::Ack(r) => WsRequest::Ack {
-            client_id: r.client_id,
-            event_idem: r.event_idem,
-            block: r.partition_block,
-            event_name: r.event_name,
-        },
-        Request::Defer(r) => WsRequest::Defer {
-            client_id: r.client_id,
-            event_idem: r.event_idem,
-            event_name: r.event_name,
-            delay_ms: r.delay_ms,
-            reason: r.reason,
-        },
-        Request::Discard(r) => WsRequest::Discard {
-            client_id: r.client_id,
-            event_idem: r.event_idem,
-            event_name: r.event_name,
-            reason: r.reason,
-        },
-        Request::Replay(r) => WsRequest::Replay {
-            client_id: r.client_id,
-            event_idem: r.event_idem,
-            event_name: r.event_name,
-        },
-        Request::Pause(r) => WsRequest::Pause {
-            client_id: r.client_id,
-            event_name: r.event_name,
-            reason: r.reason,
-        },
-        Request::Continue(r) => WsRequest::Continue {
-            client_id: r.client_id,
-            event_name: r.event_name,
-        },
-        other => {
-            return Err(RpcError::new(
-                RpcCode::Unimplemented,
-                format!("{:?} has no WebSocket request", other.kind()),
-            ));
-        }
-    })
-}
-
-fn encode(request: &WsRequest) -> std::result::Result<String, RpcError> {
-    // Never send a frame the node would read differently (RpcCode 3: INVALID_ARGUMENT).
-    request
-        .try_encode()
-        .map_err(|e| RpcError::new(RpcCode::Other(3), e.to_string()))
-}
-
-/// Reads `deliveryTime` from a `DEFER` answer (`{deliveryTime=<ms>}`, JSON, or a bare
-/// number).
-fn delivery_time(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if let Ok(n) = text.parse() {
-        return Some(n);
-    }
-    let at = text.find("deliveryTime")? + "deliveryTime".len();
-    let rest = text[at..].trim_start_matches(['"', '=', ':', ' ']);
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-fn now_ms() -> i64 {
+fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-/// The typed reply for an answer frame.
-fn to_reply(request: &WsRequest, frame: WsServerFrame) -> std::result::Result<Reply, RpcError> {
-    let (ok, text) = match frame {
-        WsServerFrame::Pass(text) => (true, text),
-        WsServerFrame::Fail(reason) => (false, reason),
-        WsServerFrame::Replay(value) => {
-            return match request {
-                WsRequest::Replay { .. } => match WsRecord::from_value(&value) {
-                    Ok(record) => Ok(Reply::Replay(wire::ReplayResponse {
-                        success: true,
-                        message: String::new(),
-                        event_data: record.payload,
-                    })),
-                    Err(e) => Ok(Reply::Replay(wire::ReplayResponse {
-                        success: false,
-                        message: format!("unreadable +REPLAY answer: {e}"),
-                        event_data: String::new(),
-                    })),
-                },
-                other => Err(RpcError::new(
-                    RpcCode::Internal,
-                    format!("+REPLAY answer to {}", other.verb()),
-                )),
-            };
-        }
-        other => {
-            return Err(RpcError::new(
-                RpcCode::Internal,
-                format!("unexpected answer {other:?}"),
-            ));
-        }
-    };
-    let message = |ok: bool, text: String| if ok { String::new() } else { text };
-    Ok(match request {
-        WsRequest::Conn { .. } => {
-            let parsed = if ok {
-                parse_conn_pass(&text).map_err(|e| format!("unreadable CONN answer: {e}"))
-            } else {
-                Err(text)
-            };
-            match parsed {
-                Ok((client_id, client_hash)) => Reply::Connect(wire::ConnectResponse {
-                    success: true,
-                    client_id,
-                    client_hash,
-                    ..Default::default()
-                }),
-                Err(error_message) => Reply::Connect(wire::ConnectResponse {
-                    success: false,
-                    error_message,
-                    ..Default::default()
-                }),
-            }
-        }
-        WsRequest::Pub { .. } => Reply::Publish(wire::PublishEventResponse {
-            success: ok,
-            event_idem: if ok {
-                text.trim().to_owned()
-            } else {
-                String::new()
-            },
-            error_message: message(ok, text),
-        }),
-        WsRequest::Unsub { .. } => Reply::Unsubscribe(wire::UnsubscribeResponse {
-            success: ok,
-            message: message(ok, text),
-        }),
-        WsRequest::Ack { .. } => Reply::Ack(wire::AcknowledgeResponse {
-            success: ok,
-            message: message(ok, text),
-        }),
-        WsRequest::Defer { delay_ms, .. } => Reply::Defer(wire::DeferResponse {
-            success: ok,
-            delivery_time: if ok {
-                delivery_time(&text).unwrap_or_else(|| now_ms().saturating_add(*delay_ms))
-            } else {
-                0
-            },
-            message: message(ok, text),
-        }),
-        WsRequest::Discard { .. } => Reply::Discard(wire::DiscardResponse {
-            success: ok,
-            message: message(ok, text),
-        }),
-        WsRequest::Replay { .. } => {
-            // Some nodes may answer a replay with `+PASS:<record json>`.
-            match WsRecord::from_json(&text) {
-                Ok(record) if ok => Reply::Replay(wire::ReplayResponse {
-                    success: true,
-                    message: String::new(),
-                    event_data: record.payload,
-                }),
-                _ => Reply::Replay(wire::ReplayResponse {
-                    success: false,
-                    message: if ok {
-                        "unreadable replay answer".to_owned()
-                    } else {
-                        text
-                    },
-                    event_data: String::new(),
-                }),
-            }
-        }
-        WsRequest::Pause { .. } => Reply::Pause(wire::PauseResponse {
-            success: ok,
-            message: message(ok, text),
-        }),
-        WsRequest::Continue { .. } => Reply::Continue(wire::ContinueResponse {
-            success: ok,
-            message: message(ok, text),
-        }),
-        other => {
-            return Err(RpcError::new(
-                RpcCode::Internal,
-                format!("no reply type for {}", other.verb()),
-            ));
-        }
-    })
+impl WsConn {
+    fn send(&self, command: Command) -> std::result::Result<(), RpcError> {
+        self.commands
+            .send(command)
+            .map_err(|_| lost_error("the WebSocket connection is closed"))
+    }
 }
 
 impl Transport for WsTransport {
@@ -410,14 +190,10 @@ impl Transport for WsTransport {
     ) -> BoxFuture<'static, std::result::Result<Reply, RpcError>> {
         let conn = conn.clone();
         async move {
-            if let Request::Heartbeat(_) = call.request {
-                // The node pings a WebSocket client; there is nothing to send.
-                return Ok(Reply::Heartbeat(wire::HeartbeatResponse { success: true }));
-            }
-            let request = to_ws(call.request)?;
-            let frame = encode(&request)?;
-            let answer = conn.request(frame, None).await?;
-            to_reply(&request, answer)
+            let (tx, rx) = oneshot::channel();
+            conn.send(Command::Call(call, Waiter::Unary(tx)))?;
+            rx.await
+                .map_err(|_| lost_error("the WebSocket connection was lost"))?
         }
         .boxed()
     }
@@ -436,31 +212,10 @@ impl Transport for WsTransport {
         let conn = conn.clone();
         let capacity = self.stream_buffer;
         async move {
-            let request = to_ws(call.request)?;
-            let WsRequest::Sub { event_name, .. } = &request else {
-                return Err(RpcError::new(RpcCode::Internal, "not a subscribe call"));
-            };
-            let frame = encode(&request)?;
-            let (sink, rx) = mpsc::channel(capacity);
-            match conn
-                .request(frame, Some((event_name.clone(), sink)))
-                .await?
-            {
-                WsServerFrame::Pass(_) => Ok(ReceiverStream::new(rx).boxed()),
-                WsServerFrame::Fail(reason) => {
-                    // A session the node no longer knows: reconnect, as over gRPC.
-                    let code = if reason.trim() == "not authenticated" {
-                        RpcCode::Unauthenticated
-                    } else {
-                        RpcCode::Other(9)
-                    };
-                    Err(RpcError::new(code, reason))
-                }
-                other => Err(RpcError::new(
-                    RpcCode::Internal,
-                    format!("unexpected answer to SUB: {other:?}"),
-                )),
-            }
+            let (tx, rx) = oneshot::channel();
+            conn.send(Command::Call(call, Waiter::Subscribe(tx, capacity)))?;
+            rx.await
+                .map_err(|_| lost_error("the WebSocket connection was lost"))?
         }
         .boxed()
     }
@@ -503,23 +258,26 @@ where
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| format!("WebSocket handshake with {url} failed: {e}"))?;
-    let (requests, requests_rx) = mpsc::unbounded_channel();
+    let (commands, commands_rx) = mpsc::unbounded_channel();
     let (lost_tx, lost) = watch::channel(None);
+    let client = WsClient::new(settings.ping_interval, std::time::Instant::now());
     tokio::spawn(async move {
-        let reason = run(ws, requests_rx, settings).await;
+        let reason = run(ws, client, commands_rx, settings.logging).await;
         if settings.logging {
             tracing::info!(%reason, "ensync: WebSocket connection ended");
         }
         let _ = lost_tx.send(Some(reason));
     });
-    Ok(WsConn { requests, lost })
+    Ok(WsConn { commands, lost })
 }
 
-/// The connection's task; returns why it ended.
+/// The connection's task: socket frames in and out of the [`WsClient`], its inputs to
+/// the waiting calls and streams. Returns why the connection ended.
 async fn run<S>(
     ws: WebSocketStream<S>,
-    mut requests: mpsc::UnboundedReceiver<Pending>,
-    settings: ConnSettings,
+    mut client: WsClient,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    logging: bool,
 ) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -537,204 +295,149 @@ where
         let _ = sink.close().await;
     });
 
-    let mut waiting: VecDeque<Pending> = VecDeque::new();
-    let mut sinks: HashMap<String, Sink> = HashMap::new();
-    let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reason = loop {
+    let mut waiters: HashMap<CallId, Waiter> = HashMap::new();
+    let mut client_gone = false;
+    let mut ignored_logged = 0;
+    while client.lost().is_none() {
+        let wake = client
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            request = requests.recv() => {
-                let Some(request) = request else {
-                    break "closed by the client".to_owned();
-                };
-                if out.send(Message::text(request.frame.clone())).is_err() {
-                    break "the WebSocket writer stopped".to_owned();
+            command = commands.recv() => match command {
+                Some(Command::Call(call, waiter)) => {
+                    waiters.insert(call.id, waiter);
+                    client.call(call);
                 }
-                waiting.push_back(request);
+                None => {
+                    client_gone = true;
+                    client.connection_lost("closed by the client");
+                }
+            },
+            message = incoming.next() => match message {
+                None => client.connection_lost("the node closed the connection"),
+                Some(Err(e)) => client.connection_lost(format!("WebSocket error: {e}")),
+                Some(Ok(Message::Close(frame))) => client.connection_lost(match frame {
+                    Some(f) if !f.reason.is_empty() => {
+                        format!("the node closed the connection: {}", f.reason)
+                    }
+                    _ => "the node closed the connection".to_owned(),
+                }),
+                Some(Ok(Message::Text(text))) => {
+                    client.handle_text(text.as_str(), std::time::Instant::now(), unix_ms());
+                }
+                Some(Ok(_)) => client.handle_other_frame(std::time::Instant::now()),
+            },
+            Ok(reason) = &mut write_failed => {
+                client.connection_lost(format!("WebSocket write failed: {reason}"));
             }
-            message = incoming.next() => {
-                let text = match message {
-                    None => break "the node closed the connection".to_owned(),
-                    Some(Err(e)) => break format!("WebSocket error: {e}"),
-                    Some(Ok(Message::Close(frame))) => {
-                        break match frame {
-                            Some(f) if !f.reason.is_empty() => {
-                                format!("the node closed the connection: {}", f.reason)
-                            }
-                            _ => "the node closed the connection".to_owned(),
-                        };
-                    }
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(_)) => {
-                        last_heard = Instant::now();
-                        continue;
-                    }
-                };
-                last_heard = Instant::now();
-                let frame = match WsServerFrame::parse(text.as_str()) {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        if settings.logging {
-                            tracing::warn!(error = %e, "ensync: unreadable WebSocket frame ignored");
-                        }
-                        continue;
-                    }
-                };
-                match frame {
-                    WsServerFrame::Ping => {
-                        let _ = out.send(Message::text(WsRequest::Pong.encode()));
-                    }
-                    WsServerFrame::Record(record) => {
-                        if let Err(reason) = route(&mut sinks, record) {
-                            break reason;
-                        }
-                    }
-                    answer => match waiting.pop_front() {
-                        Some(pending) => {
-                            if let (WsServerFrame::Pass(_), Some((name, sink))) =
-                                (&answer, pending.subscribe)
-                            {
-                                sinks.insert(name, sink);
-                            }
-                            let _ = pending.answer.send(answer);
-                        }
-                        None => {
-                            if settings.logging {
-                                tracing::warn!("ensync: WebSocket answer with no request waiting");
-                            }
-                        }
-                    },
-                }
-            }
-            Ok(reason) = &mut write_failed => break format!("WebSocket write failed: {reason}"),
-            _ = ping.tick() => {
-                if last_heard.elapsed() > settings.ping_interval * 2 {
-                    break format!(
-                        "nothing heard from the node for {:?}",
-                        last_heard.elapsed()
-                    );
-                }
-                let _ = out.send(Message::Ping(Default::default()));
+            _ = tokio::time::sleep_until(wake) => client.handle_timeout(std::time::Instant::now()),
+        }
+        while let Some(transmit) = client.poll_transmit() {
+            let message = match transmit {
+                WsTransmit::Text(text) => Message::text(text),
+                WsTransmit::Ping => Message::Ping(Default::default()),
+            };
+            if out.send(message).is_err() {
+                client.connection_lost("the WebSocket writer stopped");
             }
         }
-    };
-    // Open streams end with `UNAVAILABLE`: the session reconnects and resubscribes.
-    for (_, sink) in sinks.drain() {
-        let _ = sink.try_send(Err(lost_error(reason.clone())));
+        while let Some(input) = client.poll_input() {
+            match dispatch(&mut waiters, input) {
+                Dispatched::Done => {}
+                // The driver dropped the stream (unsubscribed): stop routing to it.
+                Dispatched::StreamDropped(call) => client.cancel_stream(call),
+                Dispatched::Overrun(reason) => client.connection_lost(reason),
+            }
+        }
+        let ignored = client.ignored_frames();
+        if logging && ignored > ignored_logged {
+            tracing::warn!(
+                ignored,
+                "ensync: unreadable or unexpected WebSocket frames ignored"
+            );
+            ignored_logged = ignored;
+        }
     }
-    drop(waiting);
+    // What the loss failed: calls still waiting, open streams (UNAVAILABLE).
+    while let Some(input) = client.poll_input() {
+        let _ = dispatch(&mut waiters, input);
+    }
+    let reason = client.lost().unwrap_or_default().to_owned();
     drop(out);
-    if tokio::time::timeout(Duration::from_secs(1), writer)
-        .await
-        .is_err()
+    if !client_gone
+        && tokio::time::timeout(Duration::from_secs(1), writer)
+            .await
+            .is_err()
     {
         // The writer is stuck on a dead socket; dropping it is all that is left.
     }
     reason
 }
 
-/// Hands a record to the stream of its name. An overrun stream ends the connection.
-fn route(sinks: &mut HashMap<String, Sink>, record: WsRecord) -> std::result::Result<(), String> {
-    let Some(sink) = sinks.get(&record.name) else {
-        // Nobody subscribes to it (any more): the node delivers it again elsewhere.
-        return Ok(());
-    };
-    let logged_at = record.logged_at;
-    let name = record.name.clone();
-    match sink.try_send(Ok((record.into_stream_event(), logged_at))) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            sinks.remove(&name);
-            Ok(())
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => Err(format!(
-            "the subscriber of {name:?} fell {} events behind",
-            sink.max_capacity()
-        )),
-    }
+/// What became of an input handed to its waiter.
+enum Dispatched {
+    Done,
+    /// The stream's receiver is gone.
+    StreamDropped(CallId),
+    /// The stream's buffer is full: the connection must end (the reason).
+    Overrun(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_delivery_times() {
-        assert_eq!(
-            delivery_time("{deliveryTime=1700000000123}"),
-            Some(1_700_000_000_123)
-        );
-        assert_eq!(delivery_time("{\"deliveryTime\": 42}"), Some(42));
-        assert_eq!(delivery_time(" 77 "), Some(77));
-        assert_eq!(delivery_time("deferred"), None);
+/// Hands one of the client's inputs to whoever waits for it.
+fn dispatch(waiters: &mut HashMap<CallId, Waiter>, input: Input) -> Dispatched {
+    match input {
+        Input::Reply { call, result } => {
+            if let Some(Waiter::Unary(tx)) = waiters.remove(&call) {
+                let _ = tx.send(result);
+            }
+        }
+        Input::StreamOpened { call } => {
+            if let Some(Waiter::Subscribe(tx, capacity)) = waiters.remove(&call) {
+                let (sink, rx) = mpsc::channel(capacity);
+                if tx.send(Ok(ReceiverStream::new(rx).boxed())).is_ok() {
+                    waiters.insert(call, Waiter::Stream(sink));
+                }
+            }
+        }
+        Input::StreamItem {
+            call,
+            event,
+            logged_at,
+        } => {
+            let Some(Waiter::Stream(sink)) = waiters.get(&call) else {
+                return Dispatched::StreamDropped(call);
+            };
+            let name = event.event_name.clone();
+            match sink.try_send(Ok((event, logged_at))) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    waiters.remove(&call);
+                    return Dispatched::StreamDropped(call);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Dispatched::Overrun(format!(
+                        "the subscriber of {name:?} fell {} events behind",
+                        sink.max_capacity()
+                    ));
+                }
+            }
+        }
+        Input::StreamEnded { call, error } => match waiters.remove(&call) {
+            Some(Waiter::Subscribe(tx, _)) => {
+                let _ = tx.send(Err(
+                    error.unwrap_or_else(|| lost_error("the subscribe stream ended"))
+                ));
+            }
+            Some(Waiter::Stream(sink)) => {
+                if let Some(error) = error {
+                    let _ = sink.try_send(Err(error));
+                }
+            }
+            _ => {}
+        },
+        // The client reports no transport attempts (the driver does).
+        Input::Connected { .. } | Input::Disconnected { .. } => {}
     }
-
-    #[test]
-    fn answers_map_to_replies() {
-        let conn = WsRequest::Conn {
-            access_key: "k".into(),
-        };
-        let r = to_reply(
-            &conn,
-            WsServerFrame::Pass("{clientId=abc,clientHash=KEY=}".into()),
-        )
-        .unwrap();
-        let Reply::Connect(c) = r else { panic!() };
-        assert!(c.success);
-        assert_eq!(
-            (c.client_id.as_str(), c.client_hash.as_str()),
-            ("abc", "KEY=")
-        );
-        let Reply::Connect(c) =
-            to_reply(&conn, WsServerFrame::Fail("invalid access key".into())).unwrap()
-        else {
-            panic!()
-        };
-        assert!(!c.success);
-        assert_eq!(c.error_message, "invalid access key");
-
-        let publish = to_ws(Request::Publish(wire::PublishEventRequest::default())).unwrap();
-        let Reply::Publish(p) = to_reply(&publish, WsServerFrame::Pass("id-1".into())).unwrap()
-        else {
-            panic!()
-        };
-        assert!(p.success);
-        assert_eq!(p.event_idem, "id-1");
-        let Reply::Publish(p) = to_reply(&publish, WsServerFrame::Fail("nope".into())).unwrap()
-        else {
-            panic!()
-        };
-        assert!(!p.success);
-        assert_eq!(p.error_message, "nope");
-
-        let replay = WsRequest::Replay {
-            client_id: "c".into(),
-            event_idem: "e".into(),
-            event_name: "n".into(),
-        };
-        let value = serde_json::json!({"name": "n", "idem": "e", "block": 3, "payload": "UA=="});
-        let Reply::Replay(r) = to_reply(&replay, WsServerFrame::Replay(value)).unwrap() else {
-            panic!()
-        };
-        assert!(r.success);
-        assert_eq!(r.event_data, "UA==");
-        // A +REPLAY for anything else is a protocol error.
-        assert!(to_reply(&publish, WsServerFrame::Replay(serde_json::json!({}))).is_err());
-    }
-
-    #[test]
-    fn refuses_to_send_ambiguous_frames() {
-        let request = to_ws(Request::Publish(wire::PublishEventRequest {
-            client_id: "c".into(),
-            event_name: "x;PAYLOAD=:y".into(),
-            ..Default::default()
-        }))
-        .unwrap();
-        let e = encode(&request).unwrap_err();
-        assert_eq!(e.code, RpcCode::Other(3));
-    }
+    Dispatched::Done
 }
