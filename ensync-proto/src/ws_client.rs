@@ -306,8 +306,17 @@ impl WsClient {
         if let WsRequest::Sub { event_name, .. } = &request {
             match answer {
                 WsServerFrame::Pass(_) => {
-                    self.streams.insert(event_name.clone(), call);
                     self.inputs.push_back(Input::StreamOpened { call });
+                    // One stream per name: a newer `SUB` of the name takes its records,
+                    // and the older stream ends.
+                    if let Some(older) = self.streams.insert(event_name.clone(), call) {
+                        if older != call {
+                            self.inputs.push_back(Input::StreamEnded {
+                                call: older,
+                                error: None,
+                            });
+                        }
+                    }
                 }
                 WsServerFrame::Fail(reason) => {
                     let code = if self.unauthenticated {
@@ -658,6 +667,39 @@ mod tests {
         ws.cancel_stream(CallId::from_raw(7));
         ws.handle_text(record, now, 0);
         assert!(inputs(&mut ws).is_empty());
+    }
+
+    /// A second accepted `SUB` of a name takes its records; the older stream ends
+    /// (found by the fuzz program: the older one was left open forever).
+    #[test]
+    fn a_newer_sub_of_a_name_ends_the_older_stream() {
+        let now = Instant::now();
+        let mut ws = WsClient::new(30 * S, now);
+        ws.call(sub(1, "a"));
+        ws.handle_text("+PASS:", now, 0);
+        ws.call(sub(2, "a"));
+        ws.handle_text("+PASS:", now, 0);
+        let (one, two) = (CallId::from_raw(1), CallId::from_raw(2));
+        assert_eq!(
+            inputs(&mut ws),
+            vec![
+                Input::StreamOpened { call: one },
+                Input::StreamOpened { call: two },
+                Input::StreamEnded {
+                    call: one,
+                    error: None
+                },
+            ]
+        );
+        ws.handle_text(
+            r#"+RECORD:{"name":"a","idem":"e","block":1,"payload":"UA=="}"#,
+            now,
+            0,
+        );
+        assert!(matches!(
+            inputs(&mut ws).as_slice(),
+            [Input::StreamItem { call, .. }] if *call == two
+        ));
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn run_strategy(name: &str, cases: u32, strategy: impl Strategy<Value = Vec<u8>>
 
 #[test]
 fn every_target_has_a_program_test() {
-    let tested = ["envelope", "frame", "session", "ws"];
+    let tested = ["envelope", "frame", "session", "ws", "ws_client"];
     for (name, _) in ensync_proto::__fuzz::TARGETS {
         assert!(
             tested.contains(name),
@@ -95,4 +95,9 @@ fn frame_program_over_random_bytes() {
 #[test]
 fn ws_program_over_random_bytes() {
     run_target("ws", 4000, 512);
+}
+
+#[test]
+fn ws_client_program_over_random_bytes() {
+    run_target("ws_client", 4000, 256);
 }

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod frame;
 pub mod session;
 pub mod ws;
+pub mod ws_client;
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
@@ -18,4 +19,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame::run),
     ("session", session::run),
     ("ws", ws::run),
+    ("ws_client", ws_client::run),
 ];
