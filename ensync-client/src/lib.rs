@@ -21,6 +21,8 @@ mod options;
 mod runtime;
 mod state;
 mod subscription;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{Client, ConnectionState};
 pub use driver::{EventStream, StreamItem, Transport};

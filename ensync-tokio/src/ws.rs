@@ -12,7 +12,6 @@
 //! delivers the unacknowledged events again).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ensync_proto::session::{Call, CallId, Input, Reply, RpcCode, RpcError};
@@ -30,7 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use ensync_client::EngineOptions;
-use ensync_client::{EnSyncError, ErrorKind, Result};
+use ensync_client::Result;
 use ensync_client::{StreamItem, Transport};
 
 /// The least number of events one subscribe stream buffers before the connection is
@@ -44,7 +43,7 @@ pub(crate) struct WsTransport {
     endpoint: WsEndpoint,
     tls: Option<(
         tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
     )>,
     connect_timeout: Duration,
     ping_interval: Duration,
@@ -55,33 +54,9 @@ pub(crate) struct WsTransport {
 impl WsTransport {
     pub(crate) fn new(endpoint: &WsEndpoint, options: &EngineOptions) -> Result<Self> {
         let tls = if endpoint.tls {
-            let bad = |what: String| EnSyncError::new(ErrorKind::Validation, what);
-            let mut roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            if let Some(pem) = &options.ca_certificate_pem {
-                use rustls_pki_types::pem::PemObject as _;
-                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-                    let cert = cert.map_err(|e| bad(format!("bad CA certificate: {e}")))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| bad(format!("bad CA certificate: {e}")))?;
-                }
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| bad(format!("TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let domain = options
-                .tls_domain
-                .clone()
-                .unwrap_or_else(|| endpoint.host.clone());
-            let name = rustls_pki_types::ServerName::try_from(domain.clone())
-                .map_err(|e| bad(format!("bad TLS server name {domain:?}: {e}")))?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            let config = ensync_client::tls::client_config(options, b"http/1.1")?;
+            let name = ensync_client::tls::server_name(options, &endpoint.host)?;
+            Some((tokio_rustls::TlsConnector::from(config), name))
         } else {
             None
         };
