@@ -2,6 +2,7 @@
 //! one connection, sockets that never send the HTTP/2 preface, more connections than the
 //! cap, WebSocket frames that break the rules, acks naming the wrong `partition_block`.
 
+#[path = "../../ensync-node/tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

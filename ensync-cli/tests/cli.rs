@@ -1,6 +1,7 @@
 //! The `ensync` binary: keygen, config errors, dev mode, and the crash test (SIGKILL
 //! under publish load, restart on the same data directory, nothing acknowledged lost).
 
+#[path = "../../ensync-node/tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashSet;
