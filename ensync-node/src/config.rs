@@ -471,6 +471,24 @@ mod tests {
     }
 
     #[test]
+    fn multiplex_unset_differs_from_an_explicit_false() {
+        // Unset: decided per session by client kind; written back unset.
+        let c = NodeConfig::from_toml_str("data_dir = \"/tmp/x\"").unwrap();
+        assert_eq!(c.multiplex, None);
+        assert!(!c.to_toml_string().unwrap().contains("multiplex"));
+        // Today's files keep their meaning: an explicit value applies to every client.
+        for (text, want) in [
+            ("multiplex = false", Some(false)),
+            ("multiplex = true", Some(true)),
+        ] {
+            let c = NodeConfig::from_toml_str(text).unwrap();
+            assert_eq!(c.multiplex, want, "{text}");
+            let back = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+            assert_eq!(back.multiplex, want, "{text} round trip");
+        }
+    }
+
+    #[test]
     fn toml_round_trip() {
         let mut c = NodeConfig::new("/tmp/x");
         c.apps.push(
