@@ -131,6 +131,21 @@ pub struct DeliveredEvent {
     pub published_ms: u64,
 }
 
+impl From<StoredEvent> for DeliveredEvent {
+    fn from(stored: StoredEvent) -> Self {
+        let ev = stored.event;
+        DeliveredEvent {
+            idem: ev.id,
+            name: ev.name,
+            block: stored.block,
+            payload: ev.payload,
+            metadata: ev.metadata,
+            sender: ev.sender,
+            published_ms: ev.published_ms,
+        }
+    }
+}
+
 /// Why a subscription stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -878,15 +893,10 @@ impl NodeService {
                 "event {event_idem:?} is past the retention window"
             )));
         }
-        Ok(DeliveredEvent {
-            idem: ev.id,
-            name: ev.name,
+        Ok(DeliveredEvent::from(StoredEvent {
+            event: ev,
             block: stored.block,
-            payload: ev.payload,
-            metadata: ev.metadata,
-            sender: ev.sender,
-            published_ms: ev.published_ms,
-        })
+        }))
     }
 
     /// `PauseEvents` / `PauseMessages`: holds delivery of `event_name` to this session
@@ -1311,16 +1321,7 @@ async fn deliver(inner: Weak<Inner>, stream: u64, notify: Arc<Notify>) {
                         }
                         continue;
                     };
-                    let ev = stored.event;
-                    let item = DeliveredEvent {
-                        idem: ev.id,
-                        name: ev.name,
-                        block: stored.block,
-                        payload: ev.payload,
-                        metadata: ev.metadata,
-                        sender: ev.sender,
-                        published_ms: ev.published_ms,
-                    };
+                    let item = DeliveredEvent::from(stored);
                     if sink.send(item).await.is_err() {
                         // The sink stream closed; its close returned these events.
                         break;
