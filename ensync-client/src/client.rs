@@ -52,7 +52,6 @@ pub(crate) enum Command {
     HandlerFinished {
         token: ensync_proto::session::DeliveryToken,
         ok: bool,
-        settled: bool,
     },
     Close(oneshot::Sender<Result<Outcome>>),
 }
@@ -176,17 +175,12 @@ impl Control {
         self.request(|reply| Command::Op(op, reply)).await
     }
 
-    pub(crate) fn handler_finished(
-        &self,
-        token: ensync_proto::session::DeliveryToken,
-        ok: bool,
-        settled: bool,
-    ) {
+    pub(crate) fn handler_finished(&self, token: ensync_proto::session::DeliveryToken, ok: bool) {
         // The driver being gone means the client is closed: nothing left to report to.
         let _ = self
             .shared
             .tx
-            .unbounded_send(Command::HandlerFinished { token, ok, settled });
+            .unbounded_send(Command::HandlerFinished { token, ok });
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -310,10 +309,10 @@ impl<T: Transport> Driver<T> {
                     }
                 }
             }
-            Command::HandlerFinished { token, ok, settled } => {
-                // An event the app settled itself (ack/defer/discard) is finished; the
-                // session takes no automatic action on it.
-                let outcome = if settled || ok {
+            Command::HandlerFinished { token, ok } => {
+                // The session knows which events the app settled itself
+                // (ack/defer/discard) and takes no automatic action on them.
+                let outcome = if ok {
                     session::HandlerOutcome::Ok
                 } else {
                     session::HandlerOutcome::Failed
@@ -563,11 +562,9 @@ impl<T: Transport> Driver<T> {
             return;
         };
         let control = Control::new(shared);
-        let settled = Arc::new(AtomicBool::new(false));
         let guard = HandlingGuard {
             control: control.clone(),
             token: delivery.token,
-            settled: settled.clone(),
             done: false,
             _permit: permit,
         };
@@ -581,13 +578,11 @@ impl<T: Transport> Driver<T> {
             metadata: delivery.metadata,
             handle: Some(EventHandle {
                 control,
-                settled: settled.clone(),
                 guard: Some(guard),
             }),
         };
         let name = event.event_name.clone();
         let Some(sink) = self.sinks.get(&name) else {
-            settled.store(true, std::sync::atomic::Ordering::SeqCst);
             drop(event);
             return;
         };
@@ -595,7 +590,6 @@ impl<T: Transport> Driver<T> {
             let event = error.into_inner();
             // Nobody receives this subscription's events any more: unsubscribe, and
             // leave the event unacknowledged for the node to deliver elsewhere.
-            settled.store(true, std::sync::atomic::Ordering::SeqCst);
             drop(event);
             self.sinks.remove(&name);
             let _ = self.session.unsubscribe(&name, now);

@@ -1,8 +1,6 @@
 //! Received events and their acknowledgement handles.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -47,7 +45,6 @@ pub struct Event {
 /// to the session when its handling ended.
 pub(crate) struct EventHandle {
     pub(crate) control: Control,
-    pub(crate) settled: Arc<AtomicBool>,
     pub(crate) guard: Option<HandlingGuard>,
 }
 
@@ -56,7 +53,6 @@ pub(crate) struct EventHandle {
 pub(crate) struct HandlingGuard {
     pub(crate) control: Control,
     pub(crate) token: ensync_proto::session::DeliveryToken,
-    pub(crate) settled: Arc<AtomicBool>,
     pub(crate) done: bool,
     pub(crate) _permit: Option<async_lock::SemaphoreGuardArc>,
 }
@@ -72,8 +68,7 @@ impl HandlingGuard {
             return;
         }
         self.done = true;
-        let settled = self.settled.load(Ordering::SeqCst);
-        self.control.handler_finished(self.token, ok, settled);
+        self.control.handler_finished(self.token, ok);
     }
 }
 
@@ -116,7 +111,6 @@ impl Event {
     /// Acknowledges the event: the node will not deliver it again.
     pub async fn ack(mut self) -> Result<()> {
         let handle = self.take_handle()?;
-        handle.settled.store(true, Ordering::SeqCst);
         let op = Op::Ack {
             event_name: self.event_name.clone(),
             idem: self.idem.clone(),
@@ -131,7 +125,6 @@ impl Event {
     /// Returns when the node expects to deliver it, in epoch milliseconds.
     pub async fn defer(mut self, delay: Duration, reason: &str) -> Result<i64> {
         let handle = self.take_handle()?;
-        handle.settled.store(true, Ordering::SeqCst);
         let op = Op::Defer {
             event_name: self.event_name.clone(),
             idem: self.idem.clone(),
@@ -146,7 +139,6 @@ impl Event {
     /// Discards the event: the node never delivers it again.
     pub async fn discard(mut self, reason: &str) -> Result<()> {
         let handle = self.take_handle()?;
-        handle.settled.store(true, Ordering::SeqCst);
         let op = Op::Discard {
             event_name: self.event_name.clone(),
             idem: self.idem.clone(),

@@ -1757,3 +1757,45 @@ fn an_earlier_now_is_taken_as_the_latest_seen() {
         deadline - start
     );
 }
+
+/// An event the app acknowledged itself and whose handler then failed was handled: the
+/// session sends no automatic defer for it, and a redelivery is not handed over again
+/// (the SDK's driver used to decide this itself; the session now does, once).
+#[test]
+fn a_settled_event_whose_handler_fails_counts_as_handled() {
+    let (mut pair, idem, token) = handling_one_event();
+    let ack = pair.ack("a", &idem, 1).unwrap();
+    pair.run_idle();
+    assert_eq!(pair.result(ack), Some(&Ok(OpOutcome::Acked)));
+    pair.finish(token, HandlerOutcome::Failed);
+    pair.run_idle();
+    assert_eq!(
+        node_call_count(&pair, RequestKind::Defer),
+        0,
+        "no automatic defer after an explicit ack"
+    );
+    assert_eq!(node_call_count(&pair, RequestKind::Ack), 1, "one ack only");
+    // The node delivers it again (e.g. from another queue copy): not handed over.
+    let before = pair.deliveries().len();
+    let block = pair.node.event(&idem).map(|e| e.block).unwrap_or(1);
+    pair.session.handle_input(
+        Input::StreamItem {
+            call: stream_of(&pair, "a"),
+            logged_at: None,
+            event: wire::EventStreamResponse {
+                event_idem: idem.clone(),
+                event_name: "a".into(),
+                payload: envelope::encrypt_single(
+                    b"{}",
+                    app_secret().public_key(),
+                    &mut rand_core::OsRng,
+                ),
+                partition_block: block,
+                ..Default::default()
+            },
+        },
+        pair.now,
+    );
+    pair.run_idle();
+    assert_eq!(pair.deliveries().len(), before, "not handed over again");
+}

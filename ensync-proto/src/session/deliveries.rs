@@ -116,6 +116,14 @@ impl Session {
         let Some(info) = self.deliveries.remove(&delivery) else {
             return;
         };
+        // An event the app settled itself (ack, defer, discard) was handled, whatever
+        // the handler returned afterwards: it is not handed over again, and no automatic
+        // action follows (`live` below is false for it).
+        let outcome = if info.settled {
+            HandlerOutcome::Ok
+        } else {
+            outcome
+        };
         let key = (info.event_name.clone(), info.idem.clone());
         let (seen_epoch, block) = match self.dedup.get(&key) {
             Some(e) if e.running == Some(delivery) => (e.seen_epoch, e.block),
