@@ -488,8 +488,11 @@ impl WsRequest {
                 if *key == K_METADATA {
                     // Followed by PAYLOAD_METADATA it must be exactly one JSON value; as
                     // the last field it must not look like one followed by that field.
+                    // (Checked exactly as `parse` will read it: a JSON value that ends
+                    // where the value does only when the delimiter follows, e.g. a
+                    // number, which serde_json reads to the end of its digits.)
                     return if i < last {
-                        json_value_end(v) != Some(v.len())
+                        metadata_end(&format!("{v}{PAYLOAD_METADATA_DELIMITER}")) != Some(v.len())
                     } else {
                         metadata_end(v).is_some()
                     };
