@@ -328,7 +328,7 @@ async fn run_subscribe(args: &SubscribeArgs) -> Result<(), Failure> {
         args.event,
         client.public_key()
     );
-    let shutdown = shutdown_signal();
+    let shutdown = crate::wait_for_signal();
     tokio::pin!(shutdown);
     let timer = sleep_until(deadline);
     tokio::pin!(timer);
@@ -388,20 +388,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

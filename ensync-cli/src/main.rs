@@ -164,6 +164,7 @@ async fn run_node(args: NodeArgs) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Ctrl-C, or SIGTERM on Unix (`ensync node` and `ensync subscribe` stop on either).
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
