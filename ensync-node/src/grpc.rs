@@ -157,10 +157,11 @@ impl GrpcService {
 
     /// Replay, answered in the form the asking client reads ([`ClientKind::replay_form`]:
     /// the bare envelope for `grpc-python`, the stream-message JSON for everyone else).
-    fn do_replay(&self, kind: ClientKind, r: wire::ReplayRequest) -> wire::ReplayResponse {
+    async fn do_replay(&self, kind: ClientKind, r: wire::ReplayRequest) -> wire::ReplayResponse {
         match self
             .service
             .replay(&r.client_id, &r.event_idem, &r.event_name)
+            .await
         {
             Ok(ev) => wire::ReplayResponse {
                 success: true,
@@ -322,14 +323,18 @@ impl EnSyncService for GrpcService {
         request: Request<wire::ReplayRequest>,
     ) -> Res<wire::ReplayResponse> {
         let kind = client_kind(&request);
-        Ok(Response::new(self.do_replay(kind, request.into_inner())))
+        Ok(Response::new(
+            self.do_replay(kind, request.into_inner()).await,
+        ))
     }
     async fn replay_message(
         &self,
         request: Request<wire::ReplayRequest>,
     ) -> Res<wire::ReplayResponse> {
         let kind = client_kind(&request);
-        Ok(Response::new(self.do_replay(kind, request.into_inner())))
+        Ok(Response::new(
+            self.do_replay(kind, request.into_inner()).await,
+        ))
     }
 
     async fn pause_events(&self, request: Request<wire::PauseRequest>) -> Res<wire::PauseResponse> {

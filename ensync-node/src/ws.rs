@@ -667,26 +667,28 @@ impl Connection {
                         client_id,
                         event_idem,
                         event_name,
-                    } => Answer::of(
-                        own(&client_id)
-                            .and_then(|()| service.replay(&client_id, &event_idem, &event_name))
-                            .map(|ev| {
-                                let logged_at = i64::try_from(ev.published_ms).ok();
-                                let record = WsRecord {
-                                    name: ev.name,
-                                    idem: ev.idem,
-                                    block: i64::try_from(ev.block).unwrap_or(i64::MAX),
-                                    logged_at,
-                                    payload: ev.payload,
-                                    metadata: ev.metadata,
-                                    sender: ev.sender,
-                                };
-                                Answer {
-                                    frame: WsServerFrame::Replay(record.to_value()).encode(),
-                                    subscribed: None,
-                                }
-                            }),
-                    ),
+                    } => {
+                        let replayed = async {
+                            own(&client_id)?;
+                            service.replay(&client_id, &event_idem, &event_name).await
+                        };
+                        Answer::of(replayed.await.map(|ev| {
+                            let logged_at = i64::try_from(ev.published_ms).ok();
+                            let record = WsRecord {
+                                name: ev.name,
+                                idem: ev.idem,
+                                block: i64::try_from(ev.block).unwrap_or(i64::MAX),
+                                logged_at,
+                                payload: ev.payload,
+                                metadata: ev.metadata,
+                                sender: ev.sender,
+                            };
+                            Answer {
+                                frame: WsServerFrame::Replay(record.to_value()).encode(),
+                                subscribed: None,
+                            }
+                        }))
+                    }
                     // Parsed above; never reaches here.
                     WsRequest::Pong => Answer::fail("PONG is not a request"),
                 }

@@ -1,0 +1,836 @@
+//! The node's core, independent of any transport: apps and permissions, sessions and
+//! what is per session (subscriptions, delivery windows, pause, which session holds which
+//! event, which stream an event goes out on), over a [`Backend`] that keeps the shared
+//! queue state (queues, durable storage, defer timers, replay, retention).
+//!
+//! [`NodeService`] has one plain method per protocol operation; the gRPC service
+//! (`crate::grpc`) and the WebSocket endpoint (`crate::ws`) call them.
+//! Application errors are [`ServiceError`]s whose `Display` text is the reason sent to the
+//! client (`success = false` plus the text).
+//!
+//! Files: this one holds the public types and the operations; `state` the per-session
+//! tables; `delivery` the delivery task of each subscription, the stream it feeds and
+//! session expiry.
+//!
+//! Delivery: every subscription has a task that claims events from the backend's queue
+//! (recipient app, event name) while fewer than `max_in_flight` of its events are
+//! unsettled and sends them on a bounded channel; so a slow subscriber only ever holds
+//! `max_in_flight` events in memory and the backlog stays in the backend. Several
+//! subscriptions on one queue compete for its events. An event in flight goes back to its
+//! queue when the stream it was sent on closes, when its session ends, or when its
+//! subscription is dropped by `unsubscribe`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ensync_proto::clients::{ClientKind, Delivery};
+use ensync_proto::validate;
+use tokio::sync::{Notify, mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::backend::embedded::EmbeddedBackend;
+use crate::backend::{Backend, QueueKey};
+use crate::config::NodeConfig;
+use crate::perm::Permissions;
+use crate::store::{NewEvent, Store, StoreError, StoredEvent};
+
+mod delivery;
+mod state;
+
+pub use delivery::EventStream;
+use state::{Session, State, Sub, touch};
+
+/// Why an operation was refused. The `Display` text is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The `client_id` is not a live session.
+    #[error("not authenticated")]
+    NotAuthenticated,
+    /// `Connect` with an unknown access key.
+    #[error("invalid access key")]
+    InvalidAccessKey,
+    /// Malformed input (event name, payload, metadata, delay, size).
+    #[error("{0}")]
+    Invalid(String),
+    /// The app lacks the `send` or `receive` permission for the name.
+    #[error("{0}")]
+    Forbidden(String),
+    /// `delivery_to` is not the public key of a configured app.
+    #[error("unknown recipient {0:?}")]
+    UnknownRecipient(String),
+    /// Ack, defer or discard of an event that is not in flight to this session.
+    #[error("{0}")]
+    NotInFlight(String),
+    /// Replay of an event this app does not have (or no longer has).
+    #[error("{0}")]
+    NotFound(String),
+    /// The store failed; nothing was changed.
+    #[error("{0}")]
+    Storage(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => ServiceError::ShuttingDown,
+            other => ServiceError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// The answer to a successful `Connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// The session id (`client_id`): 128 random bits, hex.
+    pub client_id: String,
+    /// The app's public key, standard base64 (`client_hash`).
+    pub client_hash: String,
+    /// The app's configured name.
+    pub app_name: String,
+    /// Settings a client may want to know (`heartbeat_interval_ms`, `multiplex`).
+    pub server_config: HashMap<String, String>,
+}
+
+/// A publish request, as the wire carries it.
+#[derive(Debug, Clone, Default)]
+pub struct PublishRequest {
+    /// Session id.
+    pub client_id: String,
+    /// Event name.
+    pub event_name: String,
+    /// Standard base64 of the encrypted envelope.
+    pub payload: String,
+    /// The recipient app's public key (standard base64).
+    pub delivery_to: String,
+    /// JSON object text; empty means `{}`.
+    pub metadata: String,
+    /// The publisher's payload metadata JSON, if sent.
+    pub payload_metadata: Option<String>,
+}
+
+/// One event as delivered on a subscription stream or returned by replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredEvent {
+    /// Its id (`event_idem`).
+    pub idem: String,
+    /// Its name.
+    pub name: String,
+    /// Its `partition_block` (from 1).
+    pub block: u64,
+    /// The encrypted payload envelope (base64 text).
+    pub payload: String,
+    /// Metadata JSON object text.
+    pub metadata: String,
+    /// The publisher's public key (base64).
+    pub sender: String,
+    /// When the node accepted it, epoch ms.
+    pub published_ms: u64,
+}
+
+impl From<StoredEvent> for DeliveredEvent {
+    fn from(stored: StoredEvent) -> Self {
+        let ev = stored.event;
+        DeliveredEvent {
+            idem: ev.id,
+            name: ev.name,
+            block: stored.block,
+            payload: ev.payload,
+            metadata: ev.metadata,
+            sender: ev.sender,
+            published_ms: ev.published_ms,
+        }
+    }
+}
+
+/// Why a subscription stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEnd {
+    /// The client unsubscribed (a normal end).
+    Unsubscribed,
+    /// The same session subscribed to the same name again (a normal end).
+    Replaced,
+    /// The session ended (missed heartbeats); clients should reconnect.
+    SessionEnded,
+    /// The node is shutting down; clients should reconnect.
+    ShuttingDown,
+    /// The node could not go on delivering on this stream (its store failed, or its
+    /// delivery task did); clients should reconnect. Its events go back to the queue,
+    /// except records that could not be read, which are held back (logged).
+    DeliveryFailed,
+}
+
+impl StreamEnd {
+    /// Whether the stream should end with an error status (reconnect) rather than normally.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Self::SessionEnded | Self::ShuttingDown | Self::DeliveryFailed
+        )
+    }
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unsubscribed => "unsubscribed",
+            Self::Replaced => "subscribed again on this session",
+            Self::SessionEnded => "session ended",
+            Self::ShuttingDown => "node is shutting down",
+            Self::DeliveryFailed => "the node failed to deliver on this stream; reconnect",
+        })
+    }
+}
+
+/// Counters for monitoring and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Open subscriptions.
+    pub subscriptions: usize,
+    /// Events handed out and not yet acknowledged, deferred or discarded.
+    pub in_flight: usize,
+    /// Events waiting in queues, ready for delivery.
+    pub ready: usize,
+    /// Deferred events waiting for their time.
+    pub deferred: usize,
+    /// Store transactions committed by the writer since the node started.
+    pub commits: u64,
+    /// Write operations (publishes, acks, defers, ...) in those transactions; divided by
+    /// `commits`, the mean group-commit batch.
+    pub committed_ops: u64,
+}
+
+/// Settings of the service taken from [`NodeConfig`].
+#[derive(Debug, Clone)]
+struct Settings {
+    heartbeat_interval_ms: u64,
+    session_timeout: Duration,
+    /// `Some`: the configured delivery for every session; `None`: by client kind.
+    multiplex: Option<bool>,
+    max_payload: usize,
+    max_metadata: usize,
+    window: usize,
+    retention_ms: u64,
+}
+
+struct App {
+    name: String,
+    access_key: Zeroizing<String>,
+    /// The public key, standard base64: the recipient part of the app's queue keys.
+    key_text: Arc<str>,
+    send: Permissions,
+    receive: Permissions,
+}
+
+pub(crate) struct Inner {
+    settings: Settings,
+    apps: Vec<App>,
+    by_key: HashMap<[u8; 32], usize>,
+    state: Mutex<State>,
+    backend: Arc<dyn Backend>,
+}
+
+/// The node's operations, callable from any transport. Cheap to clone.
+///
+/// Methods that start delivery ([`NodeService::subscribe`]) must be called inside a tokio
+/// runtime.
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService").finish_non_exhaustive()
+    }
+}
+
+/// Current wall-clock time in epoch ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// 128 random bits as 32 hex characters.
+pub(crate) fn random_id() -> String {
+    use rand_core::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// A new event id: 32 hex digits, 128 bits: 8 bytes of a process-wide counter that
+/// starts at the start time (epoch ms << 16), then 8 random bytes. Ids published later
+/// sort later, so the store appends new records at the end of its id index instead of
+/// rewriting pages all over it (random ids cost several times the disk writes per commit);
+/// the random half keeps them unique across restarts and nodes.
+pub(crate) fn event_id() -> String {
+    use rand_core::RngCore as _;
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU64::new(now_ms() << 16));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    rand_core::OsRng.fill_bytes(&mut bytes[8..]);
+    hex::encode(bytes)
+}
+
+impl NodeService {
+    /// Builds the service over an opened store with the embedded backend
+    /// ([`EmbeddedBackend`]): loads the pending events into their queues and starts the
+    /// writer thread. Call [`NodeService::spawn_background`] inside a tokio runtime to
+    /// run session expiry, defer timers and the retention purge.
+    pub fn new(config: &NodeConfig, store: Arc<dyn Store>) -> Result<Self, crate::NodeError> {
+        config.validate()?;
+        let backend = EmbeddedBackend::open(
+            store,
+            config.group_commit,
+            config.retention_secs.saturating_mul(1000),
+        )?;
+        Self::with_backend(config, Arc::new(backend))
+    }
+
+    /// Builds the service over `backend` (which keeps the queues; see
+    /// [`crate::backend`]).
+    pub fn with_backend(
+        config: &NodeConfig,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Self, crate::NodeError> {
+        config.validate()?;
+        let mut apps = Vec::new();
+        let mut by_key = HashMap::new();
+        for (i, a) in config.apps.iter().enumerate() {
+            let key = crate::keys::parse_public_key(&a.public_key).map_err(|reason| {
+                crate::config::ConfigError::Field {
+                    field: format!("apps[{i}].public_key"),
+                    reason,
+                }
+            })?;
+            let invalid = |field: &str, reason: String| crate::config::ConfigError::Field {
+                field: format!("apps[{i}].{field}"),
+                reason,
+            };
+            let send = Permissions::parse(&a.send).map_err(|e| invalid("send", e))?;
+            let receive = Permissions::parse(&a.receive).map_err(|e| invalid("receive", e))?;
+            by_key.insert(key, i);
+            apps.push(App {
+                name: a.name.clone(),
+                access_key: Zeroizing::new(a.access_key.clone()),
+                key_text: Arc::from(STANDARD.encode(key).as_str()),
+                send,
+                receive,
+            });
+        }
+        let settings = Settings {
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            session_timeout: config.session_timeout(),
+            multiplex: config.multiplex,
+            max_payload: config.max_payload_bytes,
+            max_metadata: config.max_metadata_bytes,
+            window: config.max_in_flight,
+            retention_ms: config.retention_secs.saturating_mul(1000),
+        };
+        let inner = Arc::new(Inner {
+            settings,
+            apps,
+            by_key,
+            state: Mutex::new(State::default()),
+            backend,
+        });
+        Ok(Self { inner })
+    }
+
+    /// Spawns the background tasks (session expiry, and the backend's: defer timers,
+    /// retention purge) on the current tokio runtime. They stop at
+    /// [`NodeService::close`].
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(delivery::reaper(Arc::downgrade(&self.inner)))];
+        tasks.extend(self.inner.backend.spawn_background());
+        tasks
+    }
+
+    /// Ends every session (their streams end with [`StreamEnd::ShuttingDown`]), refuses
+    /// further calls, waits until the backend has made durable what it accepted, and
+    /// releases the store.
+    pub async fn close(&self) {
+        self.close_now();
+        self.inner.backend.close().await;
+    }
+
+    /// `Connect`: opens a session for the app with this access key, for a client of kind
+    /// [`ClientKind::Other`] (see [`NodeService::connect_as`]).
+    pub fn connect(&self, access_key: &str) -> Result<Connected, ServiceError> {
+        self.connect_as(access_key, ClientKind::Other)
+    }
+
+    /// `Connect` from a client of `kind` (told by its gRPC `user-agent`): the session's
+    /// delivery is the configured `multiplex` when set, else what that client needs
+    /// ([`ClientKind::delivery`]: all on the first stream for the Node.js gRPC SDK, each
+    /// event on the stream of its name for everyone else).
+    pub fn connect_as(
+        &self,
+        access_key: &str,
+        kind: ClientKind,
+    ) -> Result<Connected, ServiceError> {
+        // Compare with every app's key in constant time (no early exit on a match).
+        let mut found = None;
+        for (i, a) in self.inner.apps.iter().enumerate() {
+            if ct_eq(a.access_key.as_bytes(), access_key.as_bytes()) {
+                found = Some(i);
+            }
+        }
+        let Some(app) = found else {
+            return Err(ServiceError::InvalidAccessKey);
+        };
+        let a = &self.inner.apps[app];
+        let multiplex = self
+            .inner
+            .settings
+            .multiplex
+            .unwrap_or(kind.delivery() == Delivery::FirstStream);
+        let id: Arc<str> = Arc::from(random_id().as_str());
+        {
+            let mut st = lock(&self.inner.state);
+            if st.closed {
+                return Err(ServiceError::ShuttingDown);
+            }
+            st.sessions.insert(
+                id.clone(),
+                Session {
+                    app,
+                    last_seen: Instant::now(),
+                    subs: HashMap::new(),
+                    streams: Vec::new(),
+                    multiplex,
+                    paused: HashSet::new(),
+                },
+            );
+        }
+        tracing::info!(app = %a.name, client = kind.as_str(), multiplex, "session opened");
+        Ok(Connected {
+            client_id: id.to_string(),
+            client_hash: a.key_text.to_string(),
+            app_name: a.name.clone(),
+            server_config: HashMap::from([
+                (
+                    "heartbeat_interval_ms".to_owned(),
+                    self.inner.settings.heartbeat_interval_ms.to_string(),
+                ),
+                ("multiplex".to_owned(), multiplex.to_string()),
+            ]),
+        })
+    }
+
+    /// `Heartbeat`: keeps the session alive.
+    pub fn heartbeat(&self, client_id: &str) -> Result<(), ServiceError> {
+        let mut st = lock(&self.inner.state);
+        touch(&mut st, client_id).map(|_| ())
+    }
+
+    /// Ends a session now (e.g. its transport closed): its streams end and its in-flight
+    /// events go back to their queues. Unknown ids are ignored.
+    pub fn end_session(&self, client_id: &str) {
+        self.inner.end_session(client_id, StreamEnd::SessionEnded);
+    }
+
+    /// `PublishEvent` / `PublishMessage`: validates, stores durably (group commit) and
+    /// enqueues the event for its recipient; returns its id once it is on disk.
+    pub async fn publish(&self, req: PublishRequest) -> Result<String, ServiceError> {
+        let s = &self.inner.settings;
+        let app = {
+            let mut st = lock(&self.inner.state);
+            touch(&mut st, &req.client_id)?
+        };
+        validate::event_name(&req.event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let publisher = &self.inner.apps[app];
+        if !publisher.send.allows(&req.event_name) {
+            return Err(ServiceError::Forbidden(format!(
+                "app {:?} may not publish {:?}",
+                publisher.name, req.event_name
+            )));
+        }
+        // Only configured apps (whose keys were validated at start) can receive: look the
+        // key's bytes up directly, and parse (and check the point) only text that is not
+        // plain standard base64 of 32 bytes. A full point check is a scalar multiplication,
+        // the most expensive step of a publish when done every time.
+        let recipient = STANDARD
+            .decode(&req.delivery_to)
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .or_else(|| crate::keys::parse_public_key(&req.delivery_to).ok())
+            .and_then(|k| self.inner.by_key.get(&k).copied())
+            .ok_or_else(|| ServiceError::UnknownRecipient(req.delivery_to.clone()))?;
+        if req.payload.is_empty() {
+            return Err(ServiceError::Invalid("payload is empty".into()));
+        }
+        if req.payload.len() > s.max_payload {
+            return Err(ServiceError::Invalid(format!(
+                "payload is {} bytes; the limit is {}",
+                req.payload.len(),
+                s.max_payload
+            )));
+        }
+        if STANDARD.decode(req.payload.as_bytes()).is_err() {
+            return Err(ServiceError::Invalid(
+                "payload is not valid standard base64".into(),
+            ));
+        }
+        let metadata = if req.metadata.trim().is_empty() {
+            "{}".to_owned()
+        } else {
+            req.metadata
+        };
+        if metadata.len() > s.max_metadata {
+            return Err(ServiceError::Invalid(format!(
+                "metadata is {} bytes; the limit is {}",
+                metadata.len(),
+                s.max_metadata
+            )));
+        }
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&metadata).is_err() {
+            return Err(ServiceError::Invalid(
+                "metadata must be a JSON object".into(),
+            ));
+        }
+        let payload_metadata = req.payload_metadata.filter(|p| !p.is_empty());
+        if let Some(pm) = &payload_metadata {
+            if pm.len() > s.max_metadata {
+                return Err(ServiceError::Invalid(format!(
+                    "payload_metadata is {} bytes; the limit is {}",
+                    pm.len(),
+                    s.max_metadata
+                )));
+            }
+            if serde_json::from_str::<serde_json::Value>(pm).is_err() {
+                return Err(ServiceError::Invalid(
+                    "payload_metadata must be JSON".into(),
+                ));
+            }
+        }
+        let event = NewEvent {
+            id: event_id(),
+            recipient: self.inner.apps[recipient].key_text.to_string(),
+            name: req.event_name,
+            sender: publisher.key_text.to_string(),
+            payload: req.payload,
+            metadata,
+            payload_metadata,
+            published_ms: now_ms(),
+        };
+        let published = self.inner.backend.publish(event).await?;
+        Ok(published.id)
+    }
+
+    /// `Subscribe`: opens a stream of the app's events named `event_name`. A second
+    /// subscribe of the same session to the same name replaces the first stream.
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        event_name: &str,
+    ) -> Result<EventStream, ServiceError> {
+        validate::event_name(event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let inner = &self.inner;
+        let (rx, end_rx, stream, notify, multiplex) = {
+            let mut st = lock(&inner.state);
+            let app = touch(&mut st, client_id)?;
+            let a = &inner.apps[app];
+            if !a.receive.allows(event_name) {
+                return Err(ServiceError::Forbidden(format!(
+                    "app {:?} may not receive {:?}",
+                    a.name, event_name
+                )));
+            }
+            let name: Arc<str> = Arc::from(event_name);
+            let session: Arc<str> = Arc::from(client_id);
+            let old = st
+                .sessions
+                .get(client_id)
+                .and_then(|s| s.subs.get(event_name).copied());
+            if let Some(old) = old {
+                st.remove_sub(old, Some(StreamEnd::Replaced));
+            }
+            let stream = st.next_seq();
+            let (tx, rx) = mpsc::channel(inner.settings.window.max(1));
+            let (end_tx, end_rx) = oneshot::channel();
+            let notify = Arc::new(Notify::new());
+            let key = QueueKey {
+                recipient: a.key_text.clone(),
+                name: name.clone(),
+            };
+            st.subs.insert(
+                stream,
+                Sub {
+                    session: session.clone(),
+                    key,
+                    tx,
+                    end: Some(end_tx),
+                    notify: notify.clone(),
+                    in_flight: 0,
+                },
+            );
+            let mut multiplex = false;
+            if let Some(s) = st.sessions.get_mut(client_id) {
+                s.subs.insert(name, stream);
+                s.streams.push(stream);
+                multiplex = s.multiplex;
+            }
+            (rx, end_rx, stream, notify, multiplex)
+        };
+        if multiplex {
+            // A new stream may be the session's multiplex sink: wake its other subscriptions.
+            inner.wake_session(client_id);
+        }
+        tokio::spawn(delivery::supervise(Arc::downgrade(inner), stream, notify));
+        tracing::debug!(event_name, stream, "subscribed");
+        Ok(EventStream::new(stream, rx, end_rx, Arc::downgrade(inner)))
+    }
+
+    /// `Unsubscribe`: ends the session's stream for `event_name`; what was in flight on it
+    /// goes back to the queue.
+    pub fn unsubscribe(&self, client_id: &str, event_name: &str) -> Result<(), ServiceError> {
+        let mut st = lock(&self.inner.state);
+        touch(&mut st, client_id)?;
+        let stream = st
+            .sessions
+            .get(client_id)
+            .and_then(|s| s.subs.get(event_name).copied())
+            .ok_or_else(|| ServiceError::Invalid(format!("not subscribed to {event_name:?}")))?;
+        st.remove_sub(stream, Some(StreamEnd::Unsubscribed));
+        st.return_where(&*self.inner.backend, |f| {
+            f.stream == stream || f.sub == stream
+        });
+        Ok(())
+    }
+
+    /// `AcknowledgeEvent` / `AcknowledgeMessage`: the event is done; it is never delivered
+    /// again (durably). `event_name` and `partition_block` are not needed to find it (the
+    /// id is unique); [`NodeService::ack_at`] checks a given `partition_block`.
+    pub async fn ack(&self, client_id: &str, event_idem: &str) -> Result<(), ServiceError> {
+        self.finish(client_id, event_idem, None, false).await
+    }
+
+    /// Like [`NodeService::ack`], with the `partition_block` the client sent: when given
+    /// ([`ensync_proto::validate::given_partition_block`]: not 0) and not the event's,
+    /// the ack is refused and the event stays in flight.
+    pub async fn ack_at(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        partition_block: i64,
+    ) -> Result<(), ServiceError> {
+        let block = validate::given_partition_block(partition_block);
+        self.finish(client_id, event_idem, block, false).await
+    }
+
+    /// `DiscardEvent` / `DiscardMessage`: like ack (the event is never delivered again); it
+    /// stays replayable within the retention window.
+    pub async fn discard(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        tracing::debug!(event_idem, reason, "discard");
+        self.finish(client_id, event_idem, None, true).await
+    }
+
+    async fn finish(
+        &self,
+        client_id: &str,
+        idem: &str,
+        given_block: Option<i64>,
+        discard: bool,
+    ) -> Result<(), ServiceError> {
+        let what = if discard { "discard" } else { "acknowledge" };
+        let (key, block) = self
+            .inner
+            .take_in_flight(client_id, idem, given_block, what)?;
+        // On `Err` the backend has the event delivered again (not durable: not settled).
+        let backend = &self.inner.backend;
+        if discard {
+            backend.discard(&key, idem, block).await?;
+        } else {
+            backend.ack(&key, idem, block).await?;
+        }
+        Ok(())
+    }
+
+    /// `DeferEvent` / `DeferMessage`: takes the event out of flight and delivers it again
+    /// after `delay_ms` (1000 ..= 86 400 000). Returns the due time, epoch ms.
+    pub async fn defer(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        delay_ms: i64,
+        reason: &str,
+    ) -> Result<u64, ServiceError> {
+        {
+            let mut st = lock(&self.inner.state);
+            touch(&mut st, client_id)?;
+        }
+        validate::defer_delay_ms(delay_ms).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let (key, block) = self
+            .inner
+            .take_in_flight(client_id, event_idem, None, "defer")?;
+        let due_ms = now_ms() + delay_ms as u64;
+        self.inner
+            .backend
+            .defer(&key, event_idem, block, due_ms)
+            .await?;
+        tracing::debug!(event_idem, delay_ms, reason, "deferred");
+        Ok(due_ms)
+    }
+
+    /// `ReplayEvent` / `ReplayMessage`: a stored event of this app by id (also after ack
+    /// or discard) within the retention window. A non-empty `event_name` must match.
+    pub async fn replay(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        event_name: &str,
+    ) -> Result<DeliveredEvent, ServiceError> {
+        let app = {
+            let mut st = lock(&self.inner.state);
+            touch(&mut st, client_id)?
+        };
+        let a = &self.inner.apps[app];
+        let not_found =
+            || ServiceError::NotFound(format!("no stored event {event_idem:?} for this app"));
+        if event_idem.is_empty() {
+            return Err(ServiceError::Invalid("event id is empty".into()));
+        }
+        let stored = self
+            .inner
+            .backend
+            .get(event_idem)
+            .await?
+            .filter(|s| *s.event.recipient == *a.key_text)
+            .ok_or_else(not_found)?;
+        let ev = stored.event;
+        if !event_name.is_empty() && ev.name != event_name {
+            return Err(ServiceError::NotFound(format!(
+                "event {event_idem:?} is named {:?}, not {event_name:?}",
+                ev.name
+            )));
+        }
+        if !a.receive.allows(&ev.name) {
+            return Err(ServiceError::Forbidden(format!(
+                "app {:?} may not receive {:?}",
+                a.name, ev.name
+            )));
+        }
+        if now_ms().saturating_sub(ev.published_ms) > self.inner.settings.retention_ms {
+            return Err(ServiceError::NotFound(format!(
+                "event {event_idem:?} is past the retention window"
+            )));
+        }
+        Ok(DeliveredEvent::from(StoredEvent {
+            event: ev,
+            block: stored.block,
+        }))
+    }
+
+    /// `PauseEvents` / `PauseMessages`: holds delivery of `event_name` to this session
+    /// until [`NodeService::resume`]; held events are then delivered in order.
+    pub fn pause(
+        &self,
+        client_id: &str,
+        event_name: &str,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        validate::event_name(event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let mut st = lock(&self.inner.state);
+        let app = touch(&mut st, client_id)?;
+        self.inner.check_receive(app, event_name)?;
+        if let Some(s) = st.sessions.get_mut(client_id) {
+            s.paused.insert(Arc::from(event_name));
+        }
+        tracing::debug!(event_name, reason, "paused");
+        Ok(())
+    }
+
+    /// `ContinueEvents` / `ContinueMessages`: resumes delivery of `event_name`.
+    pub fn resume(&self, client_id: &str, event_name: &str) -> Result<(), ServiceError> {
+        validate::event_name(event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let mut st = lock(&self.inner.state);
+        let app = touch(&mut st, client_id)?;
+        self.inner.check_receive(app, event_name)?;
+        if let Some(s) = st.sessions.get_mut(client_id) {
+            s.paused.remove(event_name);
+        }
+        drop(st);
+        self.inner.wake_session(client_id);
+        Ok(())
+    }
+
+    /// Counters (sessions, subscriptions, in-flight, ready and deferred events).
+    pub fn stats(&self) -> NodeStats {
+        let backend = self.inner.backend.stats();
+        let st = lock(&self.inner.state);
+        NodeStats {
+            sessions: st.sessions.len(),
+            subscriptions: st.subs.len(),
+            in_flight: st.in_flight.len(),
+            ready: backend.ready.unwrap_or(0) as usize,
+            deferred: backend.deferred.unwrap_or(0) as usize,
+            commits: backend.commits,
+            committed_ops: backend.committed_ops,
+        }
+    }
+}
+
+/// Constant-time equality of two byte strings (the length is not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NodeService {
+    /// The synchronous part of [`NodeService::close`]: refuses further calls, ends every
+    /// session and has the backend stop accepting writes (without waiting).
+    pub fn close_now(&self) {
+        let sessions: Vec<Arc<str>> = {
+            let mut st = lock(&self.inner.state);
+            st.closed = true;
+            st.sessions.keys().cloned().collect()
+        };
+        for s in sessions {
+            self.inner.end_session(&s, StreamEnd::ShuttingDown);
+        }
+        self.inner.backend.close_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_unique_hex_and_increase() {
+        let ids: Vec<String> = (0..1000).map(|_| event_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "later ids sort later");
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    }
+}
