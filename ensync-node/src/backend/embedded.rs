@@ -316,13 +316,24 @@ impl Backend for EmbeddedBackend {
                 notified.as_mut().enable();
                 let taken = self.inner.take(queue, max.max(1));
                 if !taken.is_empty() {
-                    // No await between taking and returning: cancel-safe.
-                    match self.inner.read(&taken) {
-                        Ok(events) if events.is_empty() => continue,
-                        Ok(events) => return Ok(events),
-                        Err(e) => {
+                    // No await between taking and returning: cancel-safe. A store that
+                    // panics (a bug in it) must not lose what was taken: contained here,
+                    // the events go back and the claim fails.
+                    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.inner.read(&taken)
+                    }));
+                    match read {
+                        Ok(Ok(events)) if events.is_empty() => continue,
+                        Ok(Ok(events)) => return Ok(events),
+                        Ok(Err(e)) => {
                             self.inner.put_back(queue, taken);
                             return Err(e);
+                        }
+                        Err(_) => {
+                            self.inner.put_back(queue, taken);
+                            return Err(ServiceError::Storage(
+                                "the store failed while reading events for delivery".into(),
+                            ));
                         }
                     }
                 }
