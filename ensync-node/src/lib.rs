@@ -7,7 +7,10 @@
 //! stores no app secret and never decrypts a payload.
 //!
 //! Layers:
-//! - [`store`]: the [`store::Store`] trait and its redb implementation;
+//! - [`backend`]: the queue-level [`backend::Backend`] interface (what several nodes
+//!   share) and its embedded implementation;
+//! - [`store`]: the [`store::Store`] trait and its redb implementation, under the
+//!   embedded backend;
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
 //!   method per operation);
 //! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;

@@ -147,9 +147,7 @@ impl EmbeddedBackend {
                     let ready = &mut state.queues.entry(key).or_default().ready;
                     ready.insert(entry.block, QueuedId::new(&entry.id));
                 }
-            })
-            .map_err(ServiceError::from)
-            .map_err(|e| crate::NodeError::Io(e.to_string()))?;
+            })?;
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
