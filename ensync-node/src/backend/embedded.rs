@@ -127,27 +127,26 @@ impl EmbeddedBackend {
         let now = now_ms();
         // Entries come in (recipient, name, block) order: build each queue's key once.
         let mut last: Option<QueueKey> = None;
-        store
-            .for_each_pending(&mut |entry: PendingEntry| {
-                let same = last
-                    .as_ref()
-                    .is_some_and(|k| *k.recipient == *entry.recipient && *k.name == *entry.name);
-                if !same {
-                    last = Some(QueueKey::new(&entry.recipient, &entry.name));
-                }
-                let Some(key) = last.clone() else { return };
-                if entry.due_ms > now {
-                    state.seq += 1;
-                    let seq = state.seq;
-                    let id = Arc::from(entry.id.as_str());
-                    state
-                        .deferred
-                        .insert((entry.due_ms, seq), (key, entry.block, id));
-                } else {
-                    let ready = &mut state.queues.entry(key).or_default().ready;
-                    ready.insert(entry.block, QueuedId::new(&entry.id));
-                }
-            })?;
+        store.for_each_pending(&mut |entry: PendingEntry| {
+            let same = last
+                .as_ref()
+                .is_some_and(|k| *k.recipient == *entry.recipient && *k.name == *entry.name);
+            if !same {
+                last = Some(QueueKey::new(&entry.recipient, &entry.name));
+            }
+            let Some(key) = last.clone() else { return };
+            if entry.due_ms > now {
+                state.seq += 1;
+                let seq = state.seq;
+                let id = Arc::from(entry.id.as_str());
+                state
+                    .deferred
+                    .insert((entry.due_ms, seq), (key, entry.block, id));
+            } else {
+                let ready = &mut state.queues.entry(key).or_default().ready;
+                ready.insert(entry.block, QueuedId::new(&entry.id));
+            }
+        })?;
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
