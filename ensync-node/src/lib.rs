@@ -19,6 +19,9 @@
 //! - [`ws`]: the WebSocket endpoint (`/message`, PROTOCOL.md section 3) over the same
 //!   service, when `ws_listen` is set;
 //! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
+//! - [`admin`]: the admin HTTP endpoint (EnSync's config-manager API, health), when
+//!   `admin_listen` is set;
+//! - [`registry`]: the apps (config file and run time);
 //! - [`dev`]: a throw-away configuration with generated apps and keys.
 //!
 //! ```no_run
@@ -33,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod dev;
@@ -40,6 +44,7 @@ pub mod grpc;
 pub mod keys;
 pub mod limits;
 pub mod perm;
+pub mod registry;
 pub mod service;
 pub mod store;
 pub mod ws;
@@ -144,6 +149,12 @@ impl Node {
             config.store_cache_bytes,
         )?);
         let service = NodeService::new(&config, store)?;
+        if let Err(e) = service.load_admin_records().await {
+            service.close().await;
+            return Err(NodeError::Io(format!(
+                "cannot read the access keys of the store: {e}"
+            )));
+        }
         let tasks = service.spawn_background();
 
         // tokio's listener sets SO_REUSEADDR, so a restarted node can bind the port of one
@@ -161,6 +172,18 @@ impl Node {
         let grpc_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Io(e.to_string()))?;
+        let admin = match (config.admin_listen, &config.admin_key) {
+            (Some(addr), Some(key)) => {
+                match admin::AdminEndpoint::start(addr, key.clone(), service.clone()).await {
+                    Ok(admin) => Some(admin),
+                    Err(e) => {
+                        service.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         let ws = match config.ws_listen {
             Some(addr) => {
                 match ws::WsEndpoint::start(addr, &config, ws_tls, service.clone()).await {
@@ -218,6 +241,7 @@ impl Node {
             grpc_addr,
             ws_addr: ws.as_ref().map(|w| w.addr),
             ws,
+            admin,
             tls: config.tls_cert.is_some(),
             service,
             stop: Some(stop_tx),
@@ -233,6 +257,7 @@ pub struct RunningNode {
     grpc_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
     ws: Option<ws::WsEndpoint>,
+    admin: Option<admin::AdminEndpoint>,
     tls: bool,
     service: NodeService,
     stop: Option<oneshot::Sender<()>>,
@@ -262,6 +287,11 @@ impl RunningNode {
         self.ws_addr
     }
 
+    /// The bound admin HTTP address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
     /// Whether the endpoint serves TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -284,6 +314,9 @@ impl RunningNode {
         self.service.close().await;
         if let Some(mut ws) = self.ws.take() {
             ws.shutdown().await;
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

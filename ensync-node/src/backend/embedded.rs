@@ -403,6 +403,24 @@ impl Backend for EmbeddedBackend {
         })
     }
 
+    fn records(&self) -> BoxFuture<'_, Result<super::Records, ServiceError>> {
+        Box::pin(async move { Ok(self.inner.store()?.records()?) })
+    }
+
+    fn put_record<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let op = WriteOp::PutRecord {
+                key: key.to_owned(),
+                value,
+            };
+            self.inner.write(op, None).await.map(|_| ())
+        })
+    }
+
     fn stats(&self) -> BackendStats {
         let st = lock(&self.inner.state);
         BackendStats {

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -30,17 +30,18 @@ use base64::engine::general_purpose::STANDARD;
 use ensync_proto::clients::{ClientKind, Delivery};
 use ensync_proto::validate;
 use tokio::sync::{Notify, mpsc, oneshot};
-use zeroize::Zeroizing;
 
 use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::{Backend, QueueKey};
 use crate::config::NodeConfig;
-use crate::perm::Permissions;
+use crate::registry::Registry;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
+mod admin;
 mod delivery;
 mod state;
 
+pub use admin::{AccessKeyInfo, AdminError, EventDefinition};
 pub use delivery::EventStream;
 use state::{Session, State, Sub, touch};
 
@@ -224,21 +225,16 @@ struct Settings {
     retention_ms: u64,
 }
 
-struct App {
-    name: String,
-    access_key: Zeroizing<String>,
-    /// The public key, standard base64: the recipient part of the app's queue keys.
-    key_text: Arc<str>,
-    send: Permissions,
-    receive: Permissions,
-}
-
 pub(crate) struct Inner {
     settings: Settings,
-    apps: Vec<App>,
-    by_key: HashMap<[u8; 32], usize>,
+    /// Lock order: `state` before `apps` when both are held.
+    apps: RwLock<Registry>,
     state: Mutex<State>,
     backend: Arc<dyn Backend>,
+    /// Event definitions of the admin API.
+    events: Mutex<Vec<EventDefinition>>,
+    /// Serializes administrative changes.
+    admin: tokio::sync::Mutex<()>,
 }
 
 /// The node's operations, callable from any transport. Cheap to clone.
@@ -309,30 +305,7 @@ impl NodeService {
         backend: Arc<dyn Backend>,
     ) -> Result<Self, crate::NodeError> {
         config.validate()?;
-        let mut apps = Vec::new();
-        let mut by_key = HashMap::new();
-        for (i, a) in config.apps.iter().enumerate() {
-            let key = crate::keys::parse_public_key(&a.public_key).map_err(|reason| {
-                crate::config::ConfigError::Field {
-                    field: format!("apps[{i}].public_key"),
-                    reason,
-                }
-            })?;
-            let invalid = |field: &str, reason: String| crate::config::ConfigError::Field {
-                field: format!("apps[{i}].{field}"),
-                reason,
-            };
-            let send = Permissions::parse(&a.send).map_err(|e| invalid("send", e))?;
-            let receive = Permissions::parse(&a.receive).map_err(|e| invalid("receive", e))?;
-            by_key.insert(key, i);
-            apps.push(App {
-                name: a.name.clone(),
-                access_key: Zeroizing::new(a.access_key.clone()),
-                key_text: Arc::from(STANDARD.encode(key).as_str()),
-                send,
-                receive,
-            });
-        }
+        let apps = Registry::from_config(&config.apps, now_ms())?;
         let settings = Settings {
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             session_timeout: config.session_timeout(),
@@ -344,10 +317,11 @@ impl NodeService {
         };
         let inner = Arc::new(Inner {
             settings,
-            apps,
-            by_key,
+            apps: RwLock::new(apps),
             state: Mutex::new(State::default()),
             backend,
+            events: Mutex::new(Vec::new()),
+            admin: tokio::sync::Mutex::new(()),
         });
         Ok(Self { inner })
     }
@@ -384,17 +358,13 @@ impl NodeService {
         access_key: &str,
         kind: ClientKind,
     ) -> Result<Connected, ServiceError> {
-        // Compare with every app's key in constant time (no early exit on a match).
-        let mut found = None;
-        for (i, a) in self.inner.apps.iter().enumerate() {
-            if ct_eq(a.access_key.as_bytes(), access_key.as_bytes()) {
-                found = Some(i);
-            }
-        }
-        let Some(app) = found else {
+        let apps = read(&self.inner.apps);
+        let Some(app) = apps.by_access_key(access_key) else {
             return Err(ServiceError::InvalidAccessKey);
         };
-        let a = &self.inner.apps[app];
+        let Some(a) = apps.get(app) else {
+            return Err(ServiceError::InvalidAccessKey);
+        };
         let multiplex = self
             .inner
             .settings
@@ -454,24 +424,29 @@ impl NodeService {
             touch(&mut st, &req.client_id)?
         };
         validate::event_name(&req.event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        let publisher = &self.inner.apps[app];
-        if !publisher.send.allows(&req.event_name) {
-            return Err(ServiceError::Forbidden(format!(
-                "app {:?} may not publish {:?}",
-                publisher.name, req.event_name
-            )));
-        }
-        // Only configured apps (whose keys were validated at start) can receive: look the
-        // key's bytes up directly, and parse (and check the point) only text that is not
-        // plain standard base64 of 32 bytes. A full point check is a scalar multiplication,
-        // the most expensive step of a publish when done every time.
-        let recipient = STANDARD
-            .decode(&req.delivery_to)
-            .ok()
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-            .or_else(|| crate::keys::parse_public_key(&req.delivery_to).ok())
-            .and_then(|k| self.inner.by_key.get(&k).copied())
-            .ok_or_else(|| ServiceError::UnknownRecipient(req.delivery_to.clone()))?;
+        let (sender, recipient) = {
+            let apps = read(&self.inner.apps);
+            let publisher = apps.get(app).ok_or(ServiceError::NotAuthenticated)?;
+            if !publisher.send.allows(&req.event_name) {
+                return Err(ServiceError::Forbidden(format!(
+                    "app {:?} may not publish {:?}",
+                    publisher.name, req.event_name
+                )));
+            }
+            // Only known apps (whose keys were validated when added) can receive: look
+            // the key's bytes up directly, and parse (and check the point) only text that
+            // is not plain standard base64 of 32 bytes. A full point check is a scalar
+            // multiplication, the most expensive step of a publish when done every time.
+            let recipient = STANDARD
+                .decode(&req.delivery_to)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .or_else(|| crate::keys::parse_public_key(&req.delivery_to).ok())
+                .and_then(|k| apps.by_public(&k))
+                .and_then(|slot| apps.get(slot))
+                .ok_or_else(|| ServiceError::UnknownRecipient(req.delivery_to.clone()))?;
+            (publisher.key_text.clone(), recipient.key_text.clone())
+        };
         if req.payload.is_empty() {
             return Err(ServiceError::Invalid("payload is empty".into()));
         }
@@ -521,9 +496,9 @@ impl NodeService {
         }
         let event = NewEvent {
             id: event_id(),
-            recipient: self.inner.apps[recipient].key_text.to_string(),
+            recipient: recipient.to_string(),
             name: req.event_name,
-            sender: publisher.key_text.to_string(),
+            sender: sender.to_string(),
             payload: req.payload,
             metadata,
             payload_metadata,
@@ -545,7 +520,8 @@ impl NodeService {
         let (rx, end_rx, stream, notify, multiplex) = {
             let mut st = lock(&inner.state);
             let app = touch(&mut st, client_id)?;
-            let a = &inner.apps[app];
+            let apps = read(&inner.apps);
+            let a = apps.get(app).ok_or(ServiceError::NotAuthenticated)?;
             if !a.receive.allows(event_name) {
                 return Err(ServiceError::Forbidden(format!(
                     "app {:?} may not receive {:?}",
@@ -705,7 +681,11 @@ impl NodeService {
             let mut st = lock(&self.inner.state);
             touch(&mut st, client_id)?
         };
-        let a = &self.inner.apps[app];
+        let (key_text, app_name) = {
+            let apps = read(&self.inner.apps);
+            let a = apps.get(app).ok_or(ServiceError::NotAuthenticated)?;
+            (a.key_text.clone(), a.name.clone())
+        };
         let not_found =
             || ServiceError::NotFound(format!("no stored event {event_idem:?} for this app"));
         if event_idem.is_empty() {
@@ -716,7 +696,7 @@ impl NodeService {
             .backend
             .get(event_idem)
             .await?
-            .filter(|s| *s.event.recipient == *a.key_text)
+            .filter(|s| *s.event.recipient == *key_text)
             .ok_or_else(not_found)?;
         let ev = stored.event;
         if !event_name.is_empty() && ev.name != event_name {
@@ -725,10 +705,10 @@ impl NodeService {
                 ev.name
             )));
         }
-        if !a.receive.allows(&ev.name) {
+        if self.inner.check_receive(app, &ev.name).is_err() {
             return Err(ServiceError::Forbidden(format!(
-                "app {:?} may not receive {:?}",
-                a.name, ev.name
+                "app {app_name:?} may not receive {:?}",
+                ev.name
             )));
         }
         if now_ms().saturating_sub(ev.published_ms) > self.inner.settings.retention_ms {
@@ -791,9 +771,12 @@ impl NodeService {
     }
 }
 
-/// Constant-time equality of two byte strings (the length is not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
