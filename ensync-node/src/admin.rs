@@ -119,6 +119,7 @@ fn router(admin: Admin) -> Router {
         .nest("/api/v1/ensync", api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(admin)
 }
 
@@ -145,6 +146,17 @@ async fn ready(State(admin): State<Admin>) -> Response {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.service.metrics_text(),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

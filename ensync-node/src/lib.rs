@@ -43,6 +43,7 @@ pub mod dev;
 pub mod grpc;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod perm;
 pub mod registry;
 pub mod service;

@@ -232,11 +232,16 @@ pub trait Store: Send + Sync + 'static {
     fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         Ok(Vec::new())
     }
+    /// Bytes the store takes on disk, if it knows.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// [`Store`] on an embedded redb database (`events.redb` in the data directory).
 pub struct RedbStore {
     db: Database,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -324,7 +329,7 @@ impl RedbStore {
             StoreError::Db(reason) | StoreError::Damaged(reason) => refuse(reason),
             other => refuse(other.to_string()),
         })?;
-        Ok(Self { db })
+        Ok(Self { db, path })
     }
 }
 
@@ -345,6 +350,10 @@ impl Store for RedbStore {
 
     fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError> {
         contain("reading events", || self.events_inner(ids))
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
     }
 
     fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -597,3 +597,88 @@ async fn every_admin_call_with_its_effects_on_live_sessions() {
         "deleted for good"
     );
 }
+
+/// The value of the sample `name` (with its labels, as printed) in a `/metrics` text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent.get(format!("http://{addr}/metrics")).call().unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.body_mut().read_to_string().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_when_events_flow() {
+    let node = admin_node().await;
+    let admin = node.admin_addr().unwrap();
+    let before = scrape(admin).await;
+    assert!(before.ends_with("# EOF\n"), "OpenMetrics text: {before}");
+
+    let client = node.client(0, fast_options()).await;
+    let me = client.public_key().to_owned();
+    let mut sub = client.subscribe("m/flow").await.unwrap();
+    for n in 0..3 {
+        client
+            .publish("m/flow", &[me.as_str()], &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        // Auto-ack subscriptions acknowledge once the event is handed over.
+        within("delivery", sub.next()).await.expect("an event");
+    }
+    assert!(
+        client
+            .publish("bad name!", &[me.as_str()], &json!({}))
+            .await
+            .is_err(),
+        "refused before sending"
+    );
+    // A recipient the node does not know: refused by the node.
+    let stranger = ensync_node::keys::generate().public_key;
+    let refused = client
+        .publish("m/flow", &[stranger.as_str()], &json!({}))
+        .await;
+    assert!(refused.is_err());
+    // The acks are counted once durable, after the node took them out of flight.
+    let after = within("the acks are counted", async {
+        loop {
+            let text = scrape(admin).await;
+            if sample(&text, "ensync_acks_total") - sample(&before, "ensync_acks_total") >= 3.0 {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let d = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(d("ensync_publishes_total"), 3.0, "{after}");
+    assert_eq!(d("ensync_deliveries_total"), 3.0, "{after}");
+    assert_eq!(d("ensync_acks_total"), 3.0, "{after}");
+    assert_eq!(d("ensync_connects_total"), 1.0, "{after}");
+    assert_eq!(d("ensync_subscribes_total"), 1.0, "{after}");
+    assert!(
+        d("ensync_refused_requests_total{op=\"publish\",reason=\"unknown_recipient\"}") >= 1.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "ensync_sessions"), 1.0, "{after}");
+    assert_eq!(sample(&after, "ensync_subscriptions"), 1.0, "{after}");
+    assert!(sample(&after, "ensync_store_bytes") > 0.0, "{after}");
+    assert!(
+        d("ensync_commit_batch_writes_count") >= 2.0,
+        "publishes and acks committed: {after}"
+    );
+    drop(sub);
+}

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{Backend, BackendStats, Published, QueueKey};
+use crate::metrics::Metrics;
 use crate::service::{ServiceError, now_ms};
 use crate::store::{NewEvent, PendingEntry, Store, StoreError, StoredEvent, WriteOp, WriteOutcome};
 
@@ -123,6 +124,16 @@ impl EmbeddedBackend {
         group_commit: bool,
         retention_ms: u64,
     ) -> Result<Self, crate::NodeError> {
+        Self::open_with_metrics(store, group_commit, retention_ms, None)
+    }
+
+    /// [`EmbeddedBackend::open`], recording each commit's time and size in `metrics`.
+    pub fn open_with_metrics(
+        store: Arc<dyn Store>,
+        group_commit: bool,
+        retention_ms: u64,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, crate::NodeError> {
         let mut state = State::default();
         let now = now_ms();
         // Entries come in (recipient, name, block) order: build each queue's key once.
@@ -163,7 +174,7 @@ impl EmbeddedBackend {
         let max_batch = if group_commit { MAX_BATCH } else { 1 };
         let handle = std::thread::Builder::new()
             .name("ensync-writer".into())
-            .spawn(move || writer_loop(rx, store, weak, max_batch))
+            .spawn(move || writer_loop(rx, store, weak, max_batch, metrics))
             .map_err(|e| crate::NodeError::Io(e.to_string()))?;
         *lock(&inner.writer_thread) = Some(handle);
         Ok(Self { inner })
@@ -429,6 +440,7 @@ impl Backend for EmbeddedBackend {
             held: None,
             commits: self.inner.commits.load(Ordering::Relaxed),
             committed_ops: self.inner.committed_ops.load(Ordering::Relaxed),
+            store_bytes: self.inner.store().ok().and_then(|s| s.size_bytes()),
         }
     }
 
@@ -521,6 +533,7 @@ fn writer_loop(
     store: Arc<dyn Store>,
     inner: Weak<Inner>,
     max_batch: usize,
+    metrics: Option<Arc<Metrics>>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -533,7 +546,12 @@ fn writer_loop(
         let ops: Vec<WriteOp> = batch.iter().map(|r| r.op.clone()).collect();
         let t0 = Instant::now();
         let res = store.commit(&ops);
-        tracing::trace!(ops = ops.len(), elapsed = ?t0.elapsed(), "group commit");
+        let elapsed = t0.elapsed();
+        tracing::trace!(ops = ops.len(), ?elapsed, "group commit");
+        if let (Some(m), Ok(_)) = (&metrics, &res) {
+            m.commit_seconds.observe(elapsed.as_secs_f64());
+            m.commit_batch.observe(ops.len() as f64);
+        }
         match res {
             Ok(outcomes) => {
                 if let Some(node) = inner.upgrade() {

@@ -86,6 +86,8 @@ pub struct BackendStats {
     pub commits: u64,
     /// Write operations in those commits (`committed_ops / commits` is the mean batch).
     pub committed_ops: u64,
+    /// Bytes the backend's storage takes on this machine (the embedded store file).
+    pub store_bytes: Option<u64>,
 }
 
 /// The node's own records (key, value), in key order: see [`Backend::records`].

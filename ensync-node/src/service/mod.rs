@@ -34,6 +34,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::{Backend, QueueKey};
 use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
@@ -76,6 +77,23 @@ pub enum ServiceError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+}
+
+impl ServiceError {
+    /// A short label for metrics (`refused_requests{reason=...}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAuthenticated => "not_authenticated",
+            Self::InvalidAccessKey => "invalid_access_key",
+            Self::Invalid(_) => "invalid",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnknownRecipient(_) => "unknown_recipient",
+            Self::NotInFlight(_) => "not_in_flight",
+            Self::NotFound(_) => "not_found",
+            Self::Storage(_) => "storage",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {
@@ -235,6 +253,7 @@ pub(crate) struct Inner {
     events: Mutex<Vec<EventDefinition>>,
     /// Serializes administrative changes.
     admin: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 /// The node's operations, callable from any transport. Cheap to clone.
@@ -290,12 +309,14 @@ impl NodeService {
     /// run session expiry, defer timers and the retention purge.
     pub fn new(config: &NodeConfig, store: Arc<dyn Store>) -> Result<Self, crate::NodeError> {
         config.validate()?;
-        let backend = EmbeddedBackend::open(
+        let metrics = Arc::new(Metrics::default());
+        let backend = EmbeddedBackend::open_with_metrics(
             store,
             config.group_commit,
             config.retention_secs.saturating_mul(1000),
+            Some(metrics.clone()),
         )?;
-        Self::with_backend(config, Arc::new(backend))
+        Self::build(config, Arc::new(backend), metrics)
     }
 
     /// Builds the service over `backend` (which keeps the queues; see
@@ -303,6 +324,14 @@ impl NodeService {
     pub fn with_backend(
         config: &NodeConfig,
         backend: Arc<dyn Backend>,
+    ) -> Result<Self, crate::NodeError> {
+        Self::build(config, backend, Arc::new(Metrics::default()))
+    }
+
+    fn build(
+        config: &NodeConfig,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::NodeError> {
         config.validate()?;
         let apps = Registry::from_config(&config.apps, now_ms())?;
@@ -322,6 +351,7 @@ impl NodeService {
             backend,
             events: Mutex::new(Vec::new()),
             admin: tokio::sync::Mutex::new(()),
+            metrics,
         });
         Ok(Self { inner })
     }
@@ -358,6 +388,11 @@ impl NodeService {
         access_key: &str,
         kind: ClientKind,
     ) -> Result<Connected, ServiceError> {
+        let res = self.connect_inner(access_key, kind);
+        self.count("connect", res, &self.inner.metrics.connects)
+    }
+
+    fn connect_inner(&self, access_key: &str, kind: ClientKind) -> Result<Connected, ServiceError> {
         let apps = read(&self.inner.apps);
         let Some(app) = apps.by_access_key(access_key) else {
             return Err(ServiceError::InvalidAccessKey);
@@ -418,6 +453,11 @@ impl NodeService {
     /// `PublishEvent` / `PublishMessage`: validates, stores durably (group commit) and
     /// enqueues the event for its recipient; returns its id once it is on disk.
     pub async fn publish(&self, req: PublishRequest) -> Result<String, ServiceError> {
+        let res = self.publish_inner(req).await;
+        self.count("publish", res, &self.inner.metrics.publishes)
+    }
+
+    async fn publish_inner(&self, req: PublishRequest) -> Result<String, ServiceError> {
         let s = &self.inner.settings;
         let app = {
             let mut st = lock(&self.inner.state);
@@ -511,6 +551,15 @@ impl NodeService {
     /// `Subscribe`: opens a stream of the app's events named `event_name`. A second
     /// subscribe of the same session to the same name replaces the first stream.
     pub fn subscribe(
+        &self,
+        client_id: &str,
+        event_name: &str,
+    ) -> Result<EventStream, ServiceError> {
+        let res = self.subscribe_inner(client_id, event_name);
+        self.count("subscribe", res, &self.inner.metrics.subscribes)
+    }
+
+    fn subscribe_inner(
         &self,
         client_id: &str,
         event_name: &str,
@@ -629,6 +678,24 @@ impl NodeService {
         given_block: Option<i64>,
         discard: bool,
     ) -> Result<(), ServiceError> {
+        let res = self
+            .finish_inner(client_id, idem, given_block, discard)
+            .await;
+        let m = &self.inner.metrics;
+        if discard {
+            self.count("discard", res, &m.discards)
+        } else {
+            self.count("ack", res, &m.acks)
+        }
+    }
+
+    async fn finish_inner(
+        &self,
+        client_id: &str,
+        idem: &str,
+        given_block: Option<i64>,
+        discard: bool,
+    ) -> Result<(), ServiceError> {
         let what = if discard { "discard" } else { "acknowledge" };
         let (key, block) = self
             .inner
@@ -646,6 +713,19 @@ impl NodeService {
     /// `DeferEvent` / `DeferMessage`: takes the event out of flight and delivers it again
     /// after `delay_ms` (1000 ..= 86 400 000). Returns the due time, epoch ms.
     pub async fn defer(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        delay_ms: i64,
+        reason: &str,
+    ) -> Result<u64, ServiceError> {
+        let res = self
+            .defer_inner(client_id, event_idem, delay_ms, reason)
+            .await;
+        self.count("defer", res, &self.inner.metrics.defers)
+    }
+
+    async fn defer_inner(
         &self,
         client_id: &str,
         event_idem: &str,
@@ -672,6 +752,16 @@ impl NodeService {
     /// `ReplayEvent` / `ReplayMessage`: a stored event of this app by id (also after ack
     /// or discard) within the retention window. A non-empty `event_name` must match.
     pub async fn replay(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        event_name: &str,
+    ) -> Result<DeliveredEvent, ServiceError> {
+        let res = self.replay_inner(client_id, event_idem, event_name).await;
+        self.count("replay", res, &self.inner.metrics.replays)
+    }
+
+    async fn replay_inner(
         &self,
         client_id: &str,
         event_idem: &str,
@@ -753,6 +843,37 @@ impl NodeService {
         drop(st);
         self.inner.wake_session(client_id);
         Ok(())
+    }
+
+    /// The node's metrics in the Prometheus text format (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let stats = self.stats();
+        let backend = self.inner.backend.stats();
+        self.inner.metrics.encode(crate::metrics::Snapshot {
+            sessions: stats.sessions as u64,
+            subscriptions: stats.subscriptions as u64,
+            in_flight: stats.in_flight as u64,
+            ready: stats.ready as u64,
+            deferred: stats.deferred as u64,
+            store_bytes: backend.store_bytes.unwrap_or(0),
+            commits: backend.commits,
+        })
+    }
+
+    /// Counts the outcome of one operation: `ok` on success, a refusal by reason else.
+    fn count<T>(
+        &self,
+        op: &'static str,
+        res: Result<T, ServiceError>,
+        ok: &prometheus_client::metrics::counter::Counter,
+    ) -> Result<T, ServiceError> {
+        match &res {
+            Ok(_) => {
+                ok.inc();
+            }
+            Err(e) => self.inner.metrics.refuse(op, e.reason()),
+        }
+        res
     }
 
     /// Counters (sessions, subscriptions, in-flight, ready and deferred events).
