@@ -1,6 +1,8 @@
 //! The `ensync` command-line tool: `ensync keygen`, `ensync node --config FILE`,
-//! `ensync node --dev`, and the client commands `ensync publish` and `ensync subscribe`.
+//! `ensync node --dev`, the client commands `ensync publish` and `ensync subscribe`, and
+//! `ensync admin ...` for a node's admin API.
 
+mod admin_cli;
 mod cli_client;
 
 use std::net::SocketAddr;
@@ -33,6 +35,9 @@ enum Command {
     /// Subscribe to an event name: prints each event as a JSON line
     /// ({"idem","eventName","block","timestamp","payload","sender","metadata"}).
     Subscribe(cli_client::SubscribeArgs),
+    /// Administer a node through its admin API (access keys, permissions, key pairs,
+    /// event definitions); prints the node's JSON answers.
+    Admin(admin_cli::AdminArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             cli_client::subscribe(args)
         }
+        Command::Admin(args) => admin_cli::run(args),
         Command::Node(args) => {
             init_logging("info");
             let runtime = match tokio::runtime::Runtime::new() {
@@ -151,10 +157,14 @@ async fn run_node(args: NodeArgs) -> Result<(), NodeError> {
     let node = Node::start(config).await?;
     let scheme = if node.is_tls() { "grpcs" } else { "grpc" };
     tracing::info!(%scheme, apps, data_dir = %data_dir.display(), "serving");
-    match node.ws_addr() {
-        Some(ws) => println!("ensync node ready grpc={} ws={ws}", node.grpc_addr()),
-        None => println!("ensync node ready grpc={}", node.grpc_addr()),
+    let mut ready = format!("ensync node ready grpc={}", node.grpc_addr());
+    if let Some(ws) = node.ws_addr() {
+        ready += &format!(" ws={ws}");
     }
+    if let Some(admin) = node.admin_addr() {
+        ready += &format!(" admin={admin}");
+    }
+    println!("{ready}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
