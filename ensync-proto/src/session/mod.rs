@@ -66,7 +66,8 @@
 //! file; the rest is split by concern, one `impl Session` block each: `link.rs` (the
 //! connection's lifecycle: transport, `Connect`, generation, heartbeats, reconnect),
 //! `ops.rs` (the operation table: commands to calls, replies to results), `timers.rs`
-//! (every deadline, indexed so the next one is found without a scan),
+//! (every deadline: the connection's timers in one fixed table, operation deadlines
+//! ordered, so the next one is found without a scan; `handle_timeout`'s dispatch),
 //! `subscriptions.rs` (subscribe, pause, their streams), `deliveries.rs` (events to the
 //! application, auto-ack, duplicates, ack/defer/discard/replay) and `close.rs` (the
 //! close grace).
@@ -146,6 +147,7 @@ use deliveries::{Dedup, decrypt_payload};
 use ops::{
     defer_request, pause_request, reply_refused, survives_reconnect, with_client_id, with_published,
 };
+use timers::{Timer, TimerTable};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -183,14 +185,16 @@ pub struct Session {
     ops: BTreeMap<OpId, Op>,
     /// The deadlines of `ops`, ordered (kept in step by `insert_op` / `finish_op`).
     op_deadlines: timers::OpDeadlines,
+    /// The connection's timers (connect step, reconnect, heartbeats, close grace).
+    timers: TimerTable,
     app_ops: usize,
     calls: HashMap<CallId, CallEntry>,
     queue: VecDeque<(OpId, usize)>,
     subs: BTreeMap<String, Sub>,
     dedup: Dedup,
     deliveries: HashMap<DeliveryToken, DeliveryInfo>,
-    next_heartbeat: Option<Instant>,
-    heartbeat_call: Option<(CallId, Instant)>,
+    /// The heartbeat in flight (its reply deadline is [`Timer::HeartbeatReply`]).
+    heartbeat_call: Option<CallId>,
     recipients: RecipientCache,
     outputs: VecDeque<Output>,
     /// Set by [`Session::close`] while automatic acknowledgements already sent are
@@ -198,13 +202,12 @@ pub struct Session {
     closing: Option<Closing>,
 }
 
-/// A close waiting for the automatic acknowledgements in flight.
+/// A close waiting for the automatic acknowledgements in flight (it gives up waiting at
+/// [`Timer::CloseGrace`]).
 #[derive(Debug)]
 struct Closing {
     /// The `close` ops to complete when done.
     ops: Vec<OpId>,
-    /// Give up waiting at this time.
-    deadline: Instant,
 }
 
 /// The longest [`Session::close`] waits for automatic acknowledgements (and deferrals of
@@ -223,6 +226,9 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Where the connection is. Its deadlines are in the [`TimerTable`]: `Opening` and
+/// `Authenticating` run [`Timer::ConnectStep`], `Backoff` runs [`Timer::Reconnect`],
+/// `Connected` the heartbeat timers; `Closed` none.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     Idle,
@@ -230,19 +236,16 @@ enum Phase {
     /// `attempt` 0 is the first open.
     Opening {
         attempt: u32,
-        deadline: Instant,
     },
     /// Transport up, `Connect` sent.
     Authenticating {
         attempt: u32,
         call: CallId,
-        deadline: Instant,
     },
     Connected,
     /// Waiting to start reconnect attempt `attempt`.
     Backoff {
         attempt: u32,
-        at: Instant,
     },
     Closed,
 }
@@ -368,6 +371,7 @@ impl Session {
             next_id: 1,
             ops: BTreeMap::new(),
             op_deadlines: timers::OpDeadlines::default(),
+            timers: TimerTable::default(),
             app_ops: 0,
             calls: HashMap::new(),
             queue: VecDeque::new(),
@@ -375,7 +379,6 @@ impl Session {
             dedup,
             deliveries: HashMap::new(),
             closing: None,
-            next_heartbeat: None,
             heartbeat_call: None,
             recipients: RecipientCache::default(),
             outputs: VecDeque::new(),
