@@ -413,7 +413,7 @@ impl<T: Transport> Driver<T> {
     fn drain(&mut self) {
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Connect { conn } => self.connect(conn),
+                Output::Connect { conn, .. } => self.connect(conn),
                 Output::Disconnect => self.disconnect(),
                 Output::Call(call) => self.call(call),
                 Output::CancelStream(id) => {

@@ -121,7 +121,15 @@ impl Session {
         );
         let conn = ConnectionId(self.alloc_id());
         self.transport = Some(conn);
-        self.outputs.push_back(Output::Connect { conn });
+        self.outputs.push_back(Output::Connect {
+            conn,
+            endpoint: self.endpoint,
+        });
+    }
+
+    /// Moves on to the next endpoint (after a failure of the current one).
+    fn next_endpoint(&mut self) {
+        self.endpoint = (self.endpoint + 1) % self.config.endpoints.max(1);
     }
 
     /// A connect attempt (transport or `Connect` call) failed.
@@ -139,22 +147,56 @@ impl Session {
             self.transport = None;
             self.outputs.push_back(Output::Disconnect);
         }
-        if attempt == 0 {
-            self.close_with_error(SessionError::connection(reason));
+        let failures = attempt.saturating_add(1);
+        if self.epoch > 0 {
+            self.schedule_reconnect(failures, &reason, now);
+            return;
+        }
+        // The first open: each endpoint once, in order, at once; then the open fails.
+        let endpoints = self.config.endpoints;
+        if failures as usize >= endpoints {
+            let message = if endpoints == 1 {
+                reason
+            } else {
+                format!("none of the {endpoints} endpoints could be reached; last: {reason}")
+            };
+            self.close_with_error(SessionError::connection(message));
         } else {
-            self.schedule_reconnect(attempt.saturating_add(1), &reason, now);
+            self.next_endpoint();
+            self.start_transport(failures, now);
         }
     }
 
-    pub(super) fn schedule_reconnect(&mut self, attempt: u32, reason: &str, now: Instant) {
-        if attempt > self.config.max_reconnect_attempts {
-            let max = self.config.max_reconnect_attempts;
-            self.close_with_error(SessionError::connection(format!(
-                "gave up after {max} reconnect attempts: {reason}"
-            )));
+    /// After `failures` failures in a row since the last successful connection (its loss
+    /// counted): the next attempt goes to the next endpoint, at once within a round, after
+    /// the backoff delay of round `failures / endpoints` once every endpoint failed.
+    pub(super) fn schedule_reconnect(&mut self, failures: u32, reason: &str, now: Instant) {
+        let endpoints = self.config.endpoints;
+        let max = self.config.max_reconnect_attempts;
+        if u64::from(failures) > u64::from(max) * endpoints as u64 {
+            let message = if endpoints == 1 {
+                format!("gave up after {max} reconnect attempts: {reason}")
+            } else {
+                format!(
+                    "gave up after {max} reconnect attempts to each of the {endpoints} endpoints: {reason}"
+                )
+            };
+            self.close_with_error(SessionError::connection(message));
             return;
         }
-        let delay = backoff_delay(&self.config, attempt);
+        self.next_endpoint();
+        let attempt = failures;
+        let full_round = (failures as usize) % endpoints == 0;
+        if !full_round {
+            self.emit_state(ConnectionState::Reconnecting {
+                attempt,
+                delay: Duration::ZERO,
+            });
+            self.start_transport(attempt, now);
+            return;
+        }
+        let round = (failures as usize / endpoints) as u32;
+        let delay = backoff_delay(&self.config, round);
         self.phase = Phase::Backoff { attempt };
         self.timers.stop(Timer::ConnectStep);
         self.timers

@@ -26,7 +26,8 @@
 //!
 //! - `open` asks for the transport ([`Output::Connect`]), then sends `Connect`. If the
 //!   *first* connection fails, the `open` operation fails and the session closes (no
-//!   retry loop: creating a client must fail promptly).
+//!   retry loop: creating a client must fail promptly; with several endpoints, once
+//!   each was tried: see [Several endpoints](#several-endpoints)).
 //! - A refused access key (`success = false` or `UNAUTHENTICATED` on `Connect`) closes
 //!   the session with [`SessionError::Auth`], on the first open and on a reconnect alike.
 //! - Once connected, a lost connection (transport loss, a failed heartbeat, a subscribe
@@ -60,6 +61,33 @@
 //!   are internal: their success is not reported; a refusal by the node is reported as
 //!   [`SessionEvent::AutoAckFailed`].
 //!
+//! # Several endpoints
+//!
+//! An adapter may know several node endpoints ([`SessionConfig::endpoints`], e.g. the
+//! nodes of one cluster given as several URLs); which one to try is the session's
+//! choice, named by [`Output::Connect`]'s `endpoint` index:
+//!
+//! - the first attempt goes to endpoint 0; after a failure of the current endpoint (a
+//!   connect attempt that fails or times out, or the loss of an established
+//!   connection) the next attempt goes to the next endpoint, wrapping around;
+//! - the first `open` tries every endpoint once, in order, without waiting; it fails
+//!   (and the session closes) only when none could be reached;
+//! - after a loss, attempts start at once while some endpoint has not failed yet in
+//!   this run of failures; once every endpoint failed in a row (a full round, the lost
+//!   one included) the next attempt waits the backoff delay of that round:
+//!   [`backoff_delay`] of 1, 2, ... for the first, second, ... full round. So with
+//!   endpoints 0 and 1 and a loss on 0: endpoint 1 at once, then (if it fails) wait
+//!   `backoff_delay(1)`, endpoint 0, endpoint 1 at once, wait `backoff_delay(2)`, ...;
+//! - [`ConnectionState::Reconnecting`] counts attempts one by one (`delay` zero for
+//!   those that do not wait); the session gives up after `max_reconnect_attempts`
+//!   full rounds (`max_reconnect_attempts` attempts per endpoint);
+//! - a successful connection resets the count; the session stays on the endpoint it
+//!   connected to until that one fails.
+//!
+//! With one endpoint this is the plain policy above: every attempt waits
+//! `backoff_delay(attempt)`. A refused access key closes the session whichever
+//! endpoint refused it (every node of one deployment knows the same apps).
+//!
 //! # Layout
 //!
 //! The [`Session`] struct, its state types and the four kinds of entry points are in this
@@ -91,9 +119,10 @@
 //!
 //! /// Whatever IO the adapter does (sockets, HTTP/2 streams, a WebSocket).
 //! trait Io {
-//!     /// Start opening the transport (dropping any other); report `Input::Connected` or
-//!     /// `Input::Disconnected` quoting `conn`, and `Input::Disconnected` if it is lost.
-//!     fn open(&mut self, conn: ConnectionId);
+//!     /// Start opening the transport to node endpoint `endpoint` (dropping any other);
+//!     /// report `Input::Connected` or `Input::Disconnected` quoting `conn`, and
+//!     /// `Input::Disconnected` if it is lost.
+//!     fn open(&mut self, conn: ConnectionId, endpoint: usize);
 //!     /// Drop the transport and every call on it.
 //!     fn close(&mut self);
 //!     /// Start an RPC; report `Input::Reply`, or `StreamOpened`/`StreamItem`/`StreamEnded`.
@@ -110,7 +139,7 @@
 //!         let mut closed = false;
 //!         while let Some(output) = session.poll_output() {
 //!             match output {
-//!                 Output::Connect { conn } => io.open(conn),
+//!                 Output::Connect { conn, endpoint } => io.open(conn, endpoint),
 //!                 Output::Disconnect => io.close(),
 //!                 Output::Call(call) => io.call(call),
 //!                 Output::CancelStream(id) => io.cancel(id),
@@ -177,6 +206,8 @@ pub struct Session {
     /// The transport attempt the session last asked for ([`Output::Connect`]); facts
     /// about any other attempt are stale.
     transport: Option<ConnectionId>,
+    /// The endpoint of the current (or last) transport attempt.
+    endpoint: usize,
     /// The latest `now` seen: time only moves forward for the session.
     now: Instant,
     generation: Generation,
@@ -365,6 +396,7 @@ impl Session {
             client_hash: String::new(),
             epoch: 0,
             transport: None,
+            endpoint: 0,
             now,
             generation,
             generation_switched: false,
@@ -406,6 +438,11 @@ impl Session {
     /// The app's public key (base64) as the node reported it, once authenticated.
     pub fn client_hash(&self) -> Option<&str> {
         (!self.client_hash.is_empty()).then_some(self.client_hash.as_str())
+    }
+    /// The endpoint (an index below [`SessionConfig::endpoints`]) of the current
+    /// connection, or of the last attempt to open one.
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
     }
     /// The RPC generation the session currently speaks.
     pub fn generation(&self) -> Generation {
