@@ -62,12 +62,15 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine for the node at `url` with default options.
+    /// An engine for the node at `url` (or the nodes, separated by commas) with default
+    /// options.
     pub fn new(url: &str) -> Result<Self> {
         Self::with_options(url, EngineOptions::default())
     }
 
-    /// An engine for the node at `url` with `options`. The URL is checked now.
+    /// An engine for the node at `url` (or the nodes, separated by commas, and those of
+    /// [`EngineOptions::extra_urls`]) with `options`. The URLs are checked now; the
+    /// client moves on to the next node when the current one fails.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
         let core = ensync_h2::GrpcEngineCore::new(url, options)?;
         ensync_h2::EnSyncEngine::check_reachable(&core)?;
@@ -79,9 +82,14 @@ impl Engine {
         self.core.uses_tls()
     }
 
-    /// The node's `host:port`.
+    /// The (first) node's `host:port`.
     pub fn authority(&self) -> String {
         self.core.authority()
+    }
+
+    /// Every node's `host:port`, in the order they are tried.
+    pub fn authorities(&self) -> Vec<String> {
+        self.core.authorities()
     }
 
     /// The engine's options.

@@ -38,8 +38,18 @@ pub type EventStream = BoxStream<'static, std::result::Result<StreamItem, RpcErr
 pub trait Transport: Send + Sync + 'static {
     /// An open connection; cheap to clone.
     type Conn: Clone + Send + Sync + 'static;
-    /// Opens a connection (within the engine's connect timeout).
-    fn connect(&self) -> BoxFuture<'static, std::result::Result<Self::Conn, String>>;
+    /// How many node endpoints the transport can reach (the engine's URLs); the
+    /// session chooses among them.
+    fn endpoints(&self) -> usize {
+        1
+    }
+    /// Opens a connection to endpoint `endpoint` (an index below
+    /// [`endpoints`](Self::endpoints), as the session's `Output::Connect` names it),
+    /// within the engine's connect timeout.
+    fn connect(
+        &self,
+        endpoint: usize,
+    ) -> BoxFuture<'static, std::result::Result<Self::Conn, String>>;
     /// Makes a unary call.
     fn unary(
         &self,
@@ -133,6 +143,7 @@ pub async fn start<T: Transport>(
     let mut config = SessionConfig::new(app_key)
         .reconnect_interval(options.reconnect_interval)
         .max_reconnect_attempts(options.max_reconnect_attempts)
+        .endpoints(transport.endpoints())
         .heartbeat_interval(transport.heartbeats().then_some(options.heartbeat_interval))
         .request_timeout(options.request_timeout)
         .max_in_flight(options.max_in_flight)
@@ -198,17 +209,36 @@ pub async fn start<T: Transport>(
     }
 }
 
-/// The gRPC endpoint an engine connects to: `url` by the gRPC URL rules, plaintext when
-/// the options disable TLS. A malformed URL is an [`ErrorKind::Validation`] error.
-pub fn grpc_endpoint(url: &str, options: &EngineOptions) -> Result<ensync_proto::url::Endpoint> {
-    let endpoint = ensync_proto::url::parse_grpc_url(url).map_err(|e| {
-        EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}")).with_source(e)
-    })?;
-    Ok(if options.disable_tls {
-        endpoint.with_tls(false)
-    } else {
-        endpoint
-    })
+/// The URLs of an engine: its own (possibly a comma-separated list), then the options'
+/// [`extra_urls`](EngineOptions::extra_urls).
+fn engine_urls<'a>(url: &'a str, options: &'a EngineOptions) -> impl Iterator<Item = &'a str> {
+    std::iter::once(url).chain(options.extra_urls.iter().map(String::as_str))
+}
+
+fn bad_urls(e: ensync_proto::url::UrlListError) -> EnSyncError {
+    EnSyncError::new(ErrorKind::Validation, e.to_string()).with_source(e)
+}
+
+/// The gRPC endpoints an engine connects to, in order: `url` (one URL or several
+/// separated by commas) and the options' extra URLs, by the gRPC URL rules, plaintext
+/// when the options disable TLS. A malformed URL, a WebSocket URL among them or a mix
+/// of TLS and plaintext is an [`ErrorKind::Validation`] error.
+pub fn grpc_endpoints(
+    url: &str,
+    options: &EngineOptions,
+) -> Result<Vec<ensync_proto::url::Endpoint>> {
+    ensync_proto::url::parse_grpc_urls(engine_urls(url, options), options.disable_tls)
+        .map_err(bad_urls)
+}
+
+/// The WebSocket endpoints an engine connects to, like [`grpc_endpoints`] by the
+/// WebSocket URL rules.
+pub fn ws_endpoints(
+    url: &str,
+    options: &EngineOptions,
+) -> Result<Vec<ensync_proto::url::WsEndpoint>> {
+    ensync_proto::url::parse_ws_urls(engine_urls(url, options), options.disable_tls)
+        .map_err(bad_urls)
 }
 
 fn parse_secret(text: &str) -> Result<SecretKey> {
@@ -413,7 +443,7 @@ impl<T: Transport> Driver<T> {
     fn drain(&mut self) {
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Connect { conn } => self.connect(conn),
+                Output::Connect { conn, endpoint } => self.connect(conn, endpoint),
                 Output::Disconnect => self.disconnect(),
                 Output::Call(call) => self.call(call),
                 Output::CancelStream(id) => {
@@ -438,11 +468,11 @@ impl<T: Transport> Driver<T> {
         })
     }
 
-    fn connect(&mut self, conn: ConnectionId) {
+    fn connect(&mut self, conn: ConnectionId, endpoint: usize) {
         self.disconnect();
         self.current = Some(conn);
         let io = self.io_tx.clone();
-        let connecting = self.transport.connect();
+        let connecting = self.transport.connect(endpoint);
         self.spawn_for_connection(async move {
             let _ = io.unbounded_send(Io::Connected(conn, connecting.await));
         });

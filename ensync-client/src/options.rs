@@ -60,6 +60,8 @@ pub struct EngineOptions {
     pub max_in_flight: usize,
     #[doc(hidden)]
     pub subscription_buffer: usize,
+    #[doc(hidden)]
+    pub extra_urls: Vec<String>,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +79,7 @@ impl Default for EngineOptions {
             tls_domain: None,
             max_in_flight: 1024,
             subscription_buffer: 64,
+            extra_urls: Vec::new(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl fmt::Debug for EngineOptions {
             .field("tls_domain", &self.tls_domain)
             .field("max_in_flight", &self.max_in_flight)
             .field("subscription_buffer", &self.subscription_buffer)
+            .field("extra_urls", &self.extra_urls)
             .finish()
     }
 }
@@ -161,6 +165,34 @@ impl EngineOptions {
     pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
         self.tls_domain = Some(domain.into());
         self
+    }
+
+    /// More node URLs of the same deployment, after the engine's own (which may itself
+    /// list several, separated by commas). The client connects to the first node that
+    /// answers and moves on to the next one when the current one fails, so it rides out
+    /// the loss of a node by itself; backoff applies only once every node failed in a
+    /// row. All URLs use the engine's transport and the same TLS setting (a mix is a
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) error when the engine is created).
+    ///
+    /// ```
+    /// use ensync_client::EngineOptions;
+    ///
+    /// let options = EngineOptions::default().extra_urls(["grpc://node-b:50051", "grpc://node-c:50051"]);
+    /// assert_eq!(options.get_extra_urls().len(), 2);
+    /// ```
+    #[must_use]
+    pub fn extra_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The current value of [`extra_urls`](Self::extra_urls).
+    pub fn get_extra_urls(&self) -> &[String] {
+        &self.extra_urls
     }
 }
 

@@ -44,10 +44,11 @@ impl Target {
     }
 }
 
-/// The h2 [`Transport`]: connections opened by the caller's [`Runtime`].
+/// The h2 [`Transport`]: connections opened by the caller's [`Runtime`] to the engine's
+/// nodes (in the engine's order).
 struct H2Transport {
     runtime: Runtime,
-    target: Target,
+    targets: Vec<Target>,
 }
 
 /// An open connection: the request handle, and the HTTP/2 connection itself until the
@@ -61,9 +62,15 @@ struct H2Conn {
 impl Transport for H2Transport {
     type Conn = H2Conn;
 
-    fn connect(&self) -> BoxFuture<'static, std::result::Result<H2Conn, String>> {
+    fn endpoints(&self) -> usize {
+        self.targets.len()
+    }
+
+    fn connect(&self, endpoint: usize) -> BoxFuture<'static, std::result::Result<H2Conn, String>> {
+        let Some(target) = self.targets.get(endpoint).cloned() else {
+            return futures::future::ready(Err(format!("no node endpoint {endpoint}"))).boxed();
+        };
         let runtime = self.runtime.clone();
-        let target = self.target.clone();
         async move {
             let timeout = runtime.executor().sleep(target.connect_timeout);
             let opening = std::pin::pin!(target.open(&runtime));
@@ -141,6 +148,9 @@ impl Transport for H2Transport {
 /// URL rules: `grpcs://host[:port]` is TLS (default port 443), `grpc://host[:port]` is
 /// plaintext (default port 50051); without a scheme `localhost`/`127.0.0.1` mean
 /// plaintext on 50051 and any other host TLS on 443; an explicit port always wins.
+/// Several nodes: several URLs separated by commas, or
+/// [`EngineOptions::extra_urls`]; the client moves on to the next node when the current
+/// one fails (all TLS or all plaintext).
 ///
 /// ```no_run
 /// use ensync_h2::{ClientOptions, EnSyncEngine, Runtime};
@@ -162,12 +172,14 @@ pub struct EnSyncEngine {
 }
 
 impl EnSyncEngine {
-    /// An engine for the node at `url` with default options, on `runtime`.
+    /// An engine for the node at `url` (or the nodes, separated by commas) with default
+    /// options, on `runtime`.
     pub fn new(url: &str, runtime: Runtime) -> Result<Self> {
         Self::with_options(url, EngineOptions::default(), runtime)
     }
 
-    /// An engine for the node at `url` with `options`, on `runtime`.
+    /// An engine for the node at `url` (or the nodes, separated by commas, and those of
+    /// [`EngineOptions::extra_urls`]) with `options`, on `runtime`.
     ///
     /// A TLS URL needs the `tls` feature; without it this fails with
     /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) (use `grpc://` or [`EngineOptions::disable_tls`]).
@@ -205,9 +217,14 @@ impl EnSyncEngine {
         self.core.uses_tls()
     }
 
-    /// The node's `host:port`.
+    /// The (first) node's `host:port`.
     pub fn authority(&self) -> String {
         self.core.authority()
+    }
+
+    /// Every node's `host:port`, in the order they are tried.
+    pub fn authorities(&self) -> Vec<String> {
+        self.core.authorities()
     }
 
     /// The engine's options.
@@ -221,22 +238,22 @@ impl EnSyncEngine {
     /// key, [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the node cannot be reached, and
     /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
-        let target = Target {
-            authority: self.core.authority(),
-            connect_timeout: self.core.options().connect_timeout,
-            #[cfg(feature = "tls")]
-            tls: if self.core.uses_tls() {
-                Some(crate::tls::Tls::new(
-                    self.core.endpoint(),
-                    self.core.options(),
-                )?)
-            } else {
-                None
-            },
-        };
+        let mut targets = Vec::with_capacity(self.core.endpoints().len());
+        for endpoint in self.core.endpoints() {
+            targets.push(Target {
+                authority: endpoint.authority(),
+                connect_timeout: self.core.options().connect_timeout,
+                #[cfg(feature = "tls")]
+                tls: if endpoint.tls {
+                    Some(crate::tls::Tls::new(endpoint, self.core.options())?)
+                } else {
+                    None
+                },
+            });
+        }
         let transport = H2Transport {
             runtime: self.runtime.clone(),
-            target,
+            targets,
         };
         driver::start(
             self.runtime.executor().clone(),
@@ -278,6 +295,20 @@ mod tests {
         let plain = EngineOptions::default().disable_tls(true);
         let engine = EnSyncEngine::with_options("grpcs://node.example", plain, runtime()).unwrap();
         assert!(!engine.uses_tls());
+    }
+
+    #[test]
+    fn several_urls_in_order_one_transport() {
+        let options = EngineOptions::default().extra_urls(["grpc://c:3"]);
+        let engine =
+            EnSyncEngine::with_options("grpc://a:1, grpc://b:2", options, runtime()).unwrap();
+        assert_eq!(engine.authorities(), ["a:1", "b:2", "c:3"]);
+        assert_eq!(engine.authority(), "a:1");
+        let mixed = EnSyncEngine::new("grpc://a:1,wss://b", runtime()).unwrap_err();
+        assert_eq!(mixed.kind(), ErrorKind::Validation);
+        assert!(mixed.to_string().contains("\"wss://b\""), "{mixed}");
+        let tls = EnSyncEngine::new("grpc://a:1,grpcs://b", runtime()).unwrap_err();
+        assert_eq!(tls.kind(), ErrorKind::Validation);
     }
 
     #[cfg(not(feature = "tls"))]

@@ -159,7 +159,7 @@ fn connected_session(secret: Arc<SecretKey>, now: Instant) -> (Session, CallId) 
             continue;
         };
         match output {
-            Output::Connect { conn } => session.handle_input(Input::Connected { conn }, now),
+            Output::Connect { conn, .. } => session.handle_input(Input::Connected { conn }, now),
             Output::Call(call) => match call.request {
                 Request::Connect(_) => session.handle_input(
                     Input::Reply {

@@ -17,6 +17,12 @@
 //! lowercased.
 //!
 //! WebSocket ([`parse_ws_url`]): see its documentation.
+//!
+//! Several nodes ([`parse_grpc_urls`], [`parse_ws_urls`]): a client may be given several
+//! node URLs, as several strings or as one string with the URLs separated by commas
+//! (`grpc://a:50051,grpc://b:50051`; a comma always separates URLs). Each follows the
+//! rules above; all of them use one transport: a WebSocket URL among gRPC ones (or the
+//! reverse) is refused, and so is a mix of TLS and plaintext endpoints.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -68,6 +74,32 @@ pub enum UrlError {
     /// `user@` or `user:password@` in the URL.
     #[error("user info in the URL is not supported")]
     UserInfo,
+    /// A URL of the other transport in a list of node URLs.
+    #[error(
+        "a {found} URL among {expected} URLs: all node URLs of one client use the same transport"
+    )]
+    MixedTransports {
+        /// The transport this URL's scheme names.
+        found: &'static str,
+        /// The transport of the list.
+        expected: &'static str,
+    },
+    /// TLS and plaintext endpoints in one list of node URLs.
+    #[error(
+        "TLS and plaintext node URLs mixed: all node URLs of one client use the same transport"
+    )]
+    MixedTls,
+}
+
+/// A list of node URLs that the rules reject: the URL at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad node URL {url:?}: {error}")]
+pub struct UrlListError {
+    /// The URL at fault (empty when the list holds none).
+    pub url: String,
+    /// What is wrong with it.
+    #[source]
+    pub error: UrlError,
 }
 
 /// Where a gRPC adapter connects: TLS or not, host and port.
@@ -269,6 +301,113 @@ pub fn parse_ws_url(url: &str) -> Result<WsEndpoint, UrlError> {
         port: port.unwrap_or(default_port),
         path,
     })
+}
+
+/// The URLs of a list: every string of `urls` split at its commas, each trimmed.
+fn url_list<'a>(urls: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    urls.into_iter()
+        .flat_map(|u| u.split(','))
+        .map(str::trim)
+        .collect()
+}
+
+/// Which transport a URL's scheme names, if it names one (`http`/`https` and no scheme
+/// fit both).
+fn scheme_transport(url: &str) -> Option<&'static str> {
+    match split_scheme(url).0.map(str::to_ascii_lowercase).as_deref() {
+        Some("grpc" | "grpcs") => Some(GRPC),
+        Some("ws" | "wss") => Some(WEBSOCKET),
+        _ => None,
+    }
+}
+
+const GRPC: &str = "gRPC";
+const WEBSOCKET: &str = "WebSocket";
+
+/// Parses a list of node URLs of one transport (`expected`) with `parse`, forcing
+/// plaintext if `disable_tls`, and checks they all use the same transport.
+fn parse_list<'a, E>(
+    urls: impl IntoIterator<Item = &'a str>,
+    expected: &'static str,
+    parse: impl Fn(&str) -> Result<E, UrlError>,
+    tls: impl Fn(&E) -> bool,
+    plaintext: impl Fn(E) -> E,
+    disable_tls: bool,
+) -> Result<Vec<E>, UrlListError> {
+    let urls = url_list(urls);
+    let fail = |url: &str, error| UrlListError {
+        url: url.to_owned(),
+        error,
+    };
+    // A URL of the other transport among URLs of this one (a list made only of the other
+    // transport's URLs is refused by `parse`, for its scheme).
+    let other = |u: &str| scheme_transport(u).is_some_and(|t| t != expected);
+    if !urls.iter().all(|u| other(u)) {
+        if let Some(url) = urls.iter().find(|u| other(u)) {
+            let found = scheme_transport(url).unwrap_or(expected);
+            return Err(fail(url, UrlError::MixedTransports { found, expected }));
+        }
+    }
+    let mut endpoints: Vec<E> = Vec::with_capacity(urls.len());
+    for url in &urls {
+        let endpoint = parse(url).map_err(|e| fail(url, e))?;
+        let endpoint = if disable_tls {
+            plaintext(endpoint)
+        } else {
+            endpoint
+        };
+        if let Some(first) = endpoints.first() {
+            if tls(first) != tls(&endpoint) {
+                return Err(fail(url, UrlError::MixedTls));
+            }
+        }
+        endpoints.push(endpoint);
+    }
+    if endpoints.is_empty() {
+        return Err(fail("", UrlError::Empty));
+    }
+    Ok(endpoints)
+}
+
+/// Parses the gRPC node URLs of one client (see [Several nodes](self)): each string may
+/// hold several URLs separated by commas; `disable_tls` forces plaintext on every
+/// endpoint (before the check that TLS is not mixed with plaintext).
+///
+/// ```
+/// use ensync_proto::url::{UrlError, parse_grpc_urls};
+/// let nodes = parse_grpc_urls(["grpc://a:1, grpc://b:2"], false).unwrap();
+/// assert_eq!(nodes.iter().map(|e| e.authority()).collect::<Vec<_>>(), ["a:1", "b:2"]);
+/// let mixed = parse_grpc_urls(["grpc://a:1", "ws://b:2"], false).unwrap_err();
+/// assert!(matches!(mixed.error, UrlError::MixedTransports { .. }));
+/// ```
+pub fn parse_grpc_urls<'a>(
+    urls: impl IntoIterator<Item = &'a str>,
+    disable_tls: bool,
+) -> Result<Vec<Endpoint>, UrlListError> {
+    parse_list(
+        urls,
+        GRPC,
+        parse_grpc_url,
+        |e| e.tls,
+        |e| e.with_tls(false),
+        disable_tls,
+    )
+}
+
+/// Parses the WebSocket node URLs of one client, like [`parse_grpc_urls`] with the
+/// rules of [`parse_ws_url`].
+pub fn parse_ws_urls<'a>(
+    urls: impl IntoIterator<Item = &'a str>,
+    disable_tls: bool,
+) -> Result<Vec<WsEndpoint>, UrlListError> {
+    parse_list(
+        urls,
+        WEBSOCKET,
+        parse_ws_url,
+        |e| e.tls,
+        |e| e.with_tls(false),
+        disable_tls,
+    )
 }
 
 /// Splits `scheme://rest`; `None` when there is no `://` before any `/`.
@@ -610,5 +749,83 @@ mod tests {
             .with_tls(true);
         assert_eq!(e.url(), "wss://h.example:8082/x");
         assert_eq!(e.authority(), "h.example:8082");
+    }
+
+    fn authorities(list: &[Endpoint]) -> Vec<String> {
+        list.iter().map(Endpoint::authority).collect()
+    }
+
+    #[test]
+    fn url_lists_split_at_commas_and_keep_their_order() {
+        let one = parse_grpc_urls(["grpc://localhost:1"], false).unwrap();
+        assert_eq!(authorities(&one), ["localhost:1"]);
+        let list = parse_grpc_urls(["grpc://b:2 , grpc://a:1", "grpc://c:3"], false).unwrap();
+        assert_eq!(authorities(&list), ["b:2", "a:1", "c:3"]);
+        // Each URL follows the single-URL rules (local host without scheme: plaintext).
+        let local = parse_grpc_urls(["localhost,127.0.0.1:9"], false).unwrap();
+        assert_eq!(authorities(&local), ["localhost:50051", "127.0.0.1:9"]);
+        let ws = parse_ws_urls(["ws://a:1/x,ws://b:2"], false).unwrap();
+        assert_eq!(
+            ws.iter().map(WsEndpoint::url).collect::<Vec<_>>(),
+            ["ws://a:1/x", "ws://b:2/message"]
+        );
+    }
+
+    #[test]
+    fn url_lists_name_the_url_at_fault() {
+        let e = parse_grpc_urls(["grpc://a:1,grpc://b:0"], false).unwrap_err();
+        assert_eq!(e.url, "grpc://b:0");
+        assert_eq!(e.error, UrlError::BadPort("0".into()));
+        assert_eq!(
+            e.to_string(),
+            "bad node URL \"grpc://b:0\": invalid port \"0\" (expected a number in 1..=65535)"
+        );
+        let e = parse_grpc_urls(["grpc://a:1,,grpc://b:2"], false).unwrap_err();
+        assert_eq!((e.url.as_str(), e.error), ("", UrlError::Empty));
+        let e = parse_grpc_urls(std::iter::empty(), false).unwrap_err();
+        assert_eq!(e.error, UrlError::Empty);
+        // One URL: the single-URL error, unchanged.
+        let e = parse_grpc_urls(["ws://localhost"], false).unwrap_err();
+        assert!(matches!(e.error, UrlError::UnknownScheme { .. }), "{e}");
+    }
+
+    #[test]
+    fn url_lists_refuse_a_mix_of_transports() {
+        let e = parse_grpc_urls(["grpc://a:1", "wss://b"], false).unwrap_err();
+        assert_eq!(e.url, "wss://b");
+        assert_eq!(
+            e.error,
+            UrlError::MixedTransports {
+                found: "WebSocket",
+                expected: "gRPC"
+            }
+        );
+        assert!(e.to_string().contains("same transport"), "{e}");
+        let e = parse_ws_urls(["localhost:8082,grpc://b:1"], false).unwrap_err();
+        assert_eq!(
+            e.error,
+            UrlError::MixedTransports {
+                found: "gRPC",
+                expected: "WebSocket"
+            }
+        );
+        // Only URLs of the other transport: the scheme is what is wrong.
+        let e = parse_grpc_urls(["ws://a,ws://b"], false).unwrap_err();
+        assert!(matches!(e.error, UrlError::UnknownScheme { .. }), "{e}");
+    }
+
+    #[test]
+    fn url_lists_refuse_a_mix_of_tls_and_plaintext() {
+        let e = parse_grpc_urls(["grpcs://a,grpc://b"], false).unwrap_err();
+        assert_eq!((e.url.as_str(), e.error), ("grpc://b", UrlError::MixedTls));
+        // No scheme: local hosts are plaintext, others TLS.
+        let e = parse_grpc_urls(["localhost,node.example"], false).unwrap_err();
+        assert_eq!(e.error, UrlError::MixedTls);
+        let e = parse_ws_urls(["wss://a,ws://b"], false).unwrap_err();
+        assert_eq!(e.error, UrlError::MixedTls);
+        // Forcing plaintext makes them one kind, ports kept.
+        let plain = parse_grpc_urls(["grpcs://a,grpc://b"], true).unwrap();
+        assert!(plain.iter().all(|e| !e.tls));
+        assert_eq!(authorities(&plain), ["a:443", "b:50051"]);
     }
 }

@@ -10,8 +10,9 @@
 //!    subscription ends up acked on the node;
 //! 3. after every successful (re)connect every live subscription is re-subscribed, with
 //!    the new client id;
-//! 4. reconnect delays are `backoff_delay(attempt)`, attempts count 1, 2, ... up to the
-//!    maximum, and no attempt starts before its delay;
+//! 4. reconnect delays are `backoff_delay(attempt)` (with several endpoints: that of the
+//!    round once a full round failed, zero otherwise), attempts count 1, 2, ... up to
+//!    the maximum, no attempt starts before its delay, and each goes to the next endpoint;
 //! 5. every op gets exactly one `Completed` (a: never two, never for an unknown op;
 //!    b: after `close`, every issued op has one);
 //! 6. nothing panics.
@@ -47,6 +48,9 @@ enum Cmd {
     Latency(u64),
     RefuseHeartbeat(bool),
     StreamError(usize, u8),
+    /// Endpoint `.0` stops (`true`) or starts again (`false`) answering transport opens
+    /// (only in the runs with several endpoints).
+    EndpointDown(usize, bool),
     Advance(u64),
     Step,
 }
@@ -71,6 +75,14 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         1 => (name, 0..4u8).prop_map(|(n, c)| Cmd::StreamError(n, c)),
         3 => (0..40_000u64).prop_map(Cmd::Advance),
         3 => Just(Cmd::Step),
+    ]
+}
+
+/// The commands of [`cmd`], and endpoints going down and up again.
+fn cmd_with_endpoints(endpoints: usize) -> impl Strategy<Value = Cmd> {
+    prop_oneof![
+        9 => cmd(),
+        2 => (0..endpoints, any::<bool>()).prop_map(|(e, down)| Cmd::EndpointDown(e, down)),
     ]
 }
 
@@ -176,6 +188,12 @@ fn apply(pair: &mut Pair, model: &mut Model, cmd: &Cmd) {
             };
             pair.end_stream(NAMES[*n], error);
         }
+        Cmd::EndpointDown(e, true) => {
+            pair.down_endpoints.insert(*e);
+        }
+        Cmd::EndpointDown(e, false) => {
+            pair.down_endpoints.remove(e);
+        }
         Cmd::Advance(ms) => pair.advance(Duration::from_millis(*ms)),
         Cmd::Step => {
             let limit = pair.now + Duration::from_secs(3600);
@@ -188,6 +206,7 @@ fn apply(pair: &mut Pair, model: &mut Model, cmd: &Cmd) {
 fn heal_and_settle(pair: &mut Pair) {
     pair.latency = Duration::ZERO;
     pair.fail_connects = 0;
+    pair.down_endpoints.clear();
     pair.node.refuse_heartbeat = false;
     pair.handler_mode = HandlerMode::AutoOk;
     // Reconnect first if needed (ops issued while down may time out before that).
@@ -215,10 +234,13 @@ fn heal_and_settle(pair: &mut Pair) {
     }
 }
 
-/// `speaks`: the one generation the node speaks (`None`: both), fixed for a run.
-fn run(cmds: &[Cmd], max_attempts: u32, speaks: Option<Generation>) {
+/// `speaks`: the one generation the node speaks (`None`: both), fixed for a run;
+/// `endpoints`: how many node endpoints the session rotates over (all reach the one
+/// scripted node, unless a command takes one down).
+fn run(cmds: &[Cmd], max_attempts: u32, speaks: Option<Generation>, endpoints: usize) {
     let config = config()
         .max_reconnect_attempts(max_attempts)
+        .endpoints(endpoints)
         .request_timeout(Duration::from_secs(10))
         .heartbeat_interval(Some(Duration::from_secs(15)));
     let mut pair = Pair::connected(config);
@@ -288,11 +310,19 @@ proptest! {
         cmds in prop::collection::vec(cmd(), 1..60),
         speaks in prop::option::of(prop_oneof![Just(Generation::Event), Just(Generation::Message)]),
     ) {
-        run(&cmds, 10, speaks);
+        run(&cmds, 10, speaks, 1);
     }
 
     #[test]
     fn random_interleavings_with_few_reconnect_attempts(cmds in prop::collection::vec(cmd(), 1..40)) {
-        run(&cmds, 2, None);
+        run(&cmds, 2, None, 1);
+    }
+
+    #[test]
+    fn random_interleavings_with_several_endpoints(
+        cmds in prop::collection::vec(cmd_with_endpoints(3), 1..50),
+        max_attempts in 1..4u32,
+    ) {
+        run(&cmds, max_attempts, None, 3);
     }
 }

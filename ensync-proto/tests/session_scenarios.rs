@@ -74,7 +74,7 @@ fn open_connects_then_authenticates() {
         )))
     );
     let conn = match pair.session.poll_output() {
-        Some(Output::Connect { conn }) => conn,
+        Some(Output::Connect { conn, endpoint: 0 }) => conn,
         other => panic!("expected Connect, got {other:?}"),
     };
     assert_eq!(pair.session.poll_output(), None);
@@ -1630,7 +1630,7 @@ fn a_late_connected_of_an_abandoned_attempt_is_ignored() {
         pair.outputs
             .iter()
             .filter_map(|(_, o)| match o {
-                Output::Connect { conn } => Some(*conn),
+                Output::Connect { conn, .. } => Some(*conn),
                 _ => None,
             })
             .collect()

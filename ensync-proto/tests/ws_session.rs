@@ -54,7 +54,7 @@ impl WsPair {
             while let Some(output) = self.session.poll_output() {
                 moved = true;
                 match output {
-                    Output::Connect { conn } => {
+                    Output::Connect { conn, .. } => {
                         // The socket opens at once.
                         self.connects += 1;
                         self.conn = Some(conn);

@@ -4,10 +4,10 @@ use std::fmt;
 
 use ensync_proto::url;
 
+#[cfg(doc)]
+use ensync_client::ErrorKind;
 use ensync_client::driver;
-use ensync_client::{
-    Client, ClientOptions, EnSyncError, EngineOptions, ErrorKind, Executor, GrpcEngineCore, Result,
-};
+use ensync_client::{Client, ClientOptions, EngineOptions, Executor, GrpcEngineCore, Result};
 
 use crate::grpc::GrpcTransport;
 use crate::ws::WsTransport;
@@ -18,6 +18,11 @@ use crate::ws::WsTransport;
 /// URL rules: `grpcs://host[:port]` is TLS (default port 443), `grpc://host[:port]` is
 /// plaintext (default port 50051); without a scheme `localhost`/`127.0.0.1` mean
 /// plaintext on 50051 and any other host TLS on 443; an explicit port always wins.
+///
+/// Several nodes: give several URLs separated by commas
+/// (`"grpc://node-a:50051,grpc://node-b:50051"`) or add them with
+/// [`EngineOptions::extra_urls`]; the client moves on to the next node when the current
+/// one fails (all gRPC, all TLS or all plaintext).
 ///
 /// ```no_run
 /// use ensync_tokio::{ClientOptions, EnSyncEngine};
@@ -38,12 +43,14 @@ pub struct EnSyncEngine {
 }
 
 impl EnSyncEngine {
-    /// An engine for the node at `url` with default options.
+    /// An engine for the node at `url` (or the nodes, separated by commas) with default
+    /// options.
     pub fn new(url: &str) -> Result<Self> {
         Self::with_options(url, EngineOptions::default())
     }
 
-    /// An engine for the node at `url` with `options`.
+    /// An engine for the node at `url` (or the nodes, separated by commas, and those of
+    /// [`EngineOptions::extra_urls`]) with `options`.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
         Ok(EnSyncEngine {
             core: GrpcEngineCore::new(url, options)?,
@@ -55,9 +62,14 @@ impl EnSyncEngine {
         self.core.uses_tls()
     }
 
-    /// The node's `host:port`.
+    /// The (first) node's `host:port`.
     pub fn authority(&self) -> String {
         self.core.authority()
+    }
+
+    /// Every node's `host:port`, in the order they are tried.
+    pub fn authorities(&self) -> Vec<String> {
+        self.core.authorities()
     }
 
     /// The engine's options.
@@ -71,7 +83,7 @@ impl EnSyncEngine {
     /// key, [`ErrorKind::Connection`] when the node cannot be reached, and
     /// [`ErrorKind::Validation`] for a malformed secret key.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
-        let transport = GrpcTransport::new(self.core.endpoint(), self.core.options())?;
+        let transport = GrpcTransport::new(self.core.endpoints(), self.core.options())?;
         driver::start(executor(), transport, app_key, options, self.core.options()).await
     }
 }
@@ -90,7 +102,8 @@ impl fmt::Debug for EnSyncEngine {
 /// URL rules: `wss://host[:port]` (or `https://`) is TLS, default port 443;
 /// `ws://host[:port]` (or `http://`) is plaintext, default port 80; without a scheme
 /// `localhost`/`127.0.0.1` mean `ws://…:8082` and any other host `wss://…:443`; an
-/// explicit port always wins; the path is `/message` unless the URL gives one.
+/// explicit port always wins; the path is `/message` unless the URL gives one. Several
+/// nodes: as for [`EnSyncEngine`] (all WebSocket URLs, all TLS or all plaintext).
 ///
 /// Keep-alive: the node sends `PING`, answered with `PONG`; the client also sends a
 /// WebSocket ping every [`EngineOptions::heartbeat_interval`] and treats a node silent
@@ -111,36 +124,39 @@ impl fmt::Debug for EnSyncEngine {
 /// ```
 #[derive(Clone)]
 pub struct EnSyncWebSocketEngine {
-    endpoint: url::WsEndpoint,
+    /// Never empty; all with the same TLS setting.
+    endpoints: Vec<url::WsEndpoint>,
     options: EngineOptions,
 }
 
 impl EnSyncWebSocketEngine {
-    /// An engine for the node's WebSocket endpoint at `url` with default options.
+    /// An engine for the node's WebSocket endpoint at `url` (or the nodes', separated by
+    /// commas) with default options.
     pub fn new(url: &str) -> Result<Self> {
         Self::with_options(url, EngineOptions::default())
     }
 
-    /// An engine for the node's WebSocket endpoint at `url` with `options`.
+    /// An engine for the node's WebSocket endpoint at `url` (or the nodes', separated by
+    /// commas, and those of [`EngineOptions::extra_urls`]) with `options`.
     pub fn with_options(url: &str, options: EngineOptions) -> Result<Self> {
-        let mut endpoint = url::parse_ws_url(url).map_err(|e| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node URL {url:?}: {e}"))
-                .with_source(e)
-        })?;
-        if options.disable_tls {
-            endpoint = endpoint.with_tls(false);
-        }
-        Ok(EnSyncWebSocketEngine { endpoint, options })
+        let endpoints = driver::ws_endpoints(url, &options)?;
+        Ok(EnSyncWebSocketEngine { endpoints, options })
     }
 
     /// Whether connections use TLS (`wss://`).
     pub fn uses_tls(&self) -> bool {
-        self.endpoint.tls
+        self.endpoints[0].tls
     }
 
-    /// The URL connections are made to, e.g. `ws://localhost:8082/message`.
+    /// The URL connections are made to (the first node's), e.g.
+    /// `ws://localhost:8082/message`.
     pub fn url(&self) -> String {
-        self.endpoint.url()
+        self.endpoints[0].url()
+    }
+
+    /// Every node's URL, in the order they are tried.
+    pub fn urls(&self) -> Vec<String> {
+        self.endpoints.iter().map(url::WsEndpoint::url).collect()
     }
 
     /// The engine's options.
@@ -154,7 +170,7 @@ impl EnSyncWebSocketEngine {
     /// refuses the key, [`ErrorKind::Connection`] when it cannot be reached,
     /// [`ErrorKind::Validation`] for a malformed secret key or TLS setting.
     pub async fn create_client(&self, app_key: &str, options: ClientOptions) -> Result<Client> {
-        let transport = WsTransport::new(&self.endpoint, &self.options)?;
+        let transport = WsTransport::new(&self.endpoints, &self.options)?;
         driver::start(executor(), transport, app_key, options, &self.options).await
     }
 }
@@ -162,7 +178,7 @@ impl EnSyncWebSocketEngine {
 impl fmt::Debug for EnSyncWebSocketEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EnSyncWebSocketEngine")
-            .field("url", &self.endpoint.url())
+            .field("urls", &self.urls())
             .field("options", &self.options)
             .finish()
     }

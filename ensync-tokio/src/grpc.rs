@@ -15,43 +15,51 @@ use ensync_client::EngineOptions;
 use ensync_client::{EnSyncError, ErrorKind, Result};
 use ensync_client::{StreamItem, Transport};
 
-/// Opens tonic channels to one node.
+/// Opens tonic channels to the engine's nodes (one endpoint each, in the engine's order).
 pub(crate) struct GrpcTransport {
-    endpoint: Endpoint,
+    endpoints: Vec<Endpoint>,
 }
 
 impl GrpcTransport {
-    pub(crate) fn new(target: &url::Endpoint, options: &EngineOptions) -> Result<Self> {
-        let scheme = if target.tls { "https" } else { "http" };
-        let uri = format!("{scheme}://{}", target.authority());
-        let bad = |e: tonic::transport::Error| {
-            EnSyncError::new(ErrorKind::Validation, format!("bad node address {uri}"))
-                .with_source(e)
-        };
-        let mut endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(bad)?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            // HTTP/2's default 64 KiB windows stall a 64 KB event (its envelope is ~88 KB)
-            // for a WINDOW_UPDATE round trip; the same sizes as ensync-h2's client.
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        if target.tls {
-            let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(pem) = &options.ca_certificate_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            let domain = options
-                .tls_domain
-                .clone()
-                .unwrap_or_else(|| target.host.trim_matches(['[', ']']).to_owned());
-            tls = tls.domain_name(domain);
-            endpoint = endpoint.tls_config(tls).map_err(bad)?;
-        }
-        Ok(GrpcTransport { endpoint })
+    pub(crate) fn new(targets: &[url::Endpoint], options: &EngineOptions) -> Result<Self> {
+        let endpoints = targets
+            .iter()
+            .map(|target| channel_endpoint(target, options))
+            .collect::<Result<_>>()?;
+        Ok(GrpcTransport { endpoints })
     }
+}
+
+/// The tonic endpoint of one node.
+fn channel_endpoint(target: &url::Endpoint, options: &EngineOptions) -> Result<Endpoint> {
+    let scheme = if target.tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{}", target.authority());
+    let bad = |e: tonic::transport::Error| {
+        EnSyncError::new(ErrorKind::Validation, format!("bad node address {uri}")).with_source(e)
+    };
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(bad)?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows stall a 64 KB event (its envelope is ~88 KB)
+        // for a WINDOW_UPDATE round trip; the same sizes as ensync-h2's client.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    if target.tls {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = &options.ca_certificate_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        let domain = options
+            .tls_domain
+            .clone()
+            .unwrap_or_else(|| target.host.trim_matches(['[', ']']).to_owned());
+        tls = tls.domain_name(domain);
+        endpoint = endpoint.tls_config(tls).map_err(bad)?;
+    }
+    Ok(endpoint)
 }
 
 fn rpc_error(status: tonic::Status) -> RpcError {
@@ -111,8 +119,14 @@ where
 impl Transport for GrpcTransport {
     type Conn = Channel;
 
-    fn connect(&self) -> BoxFuture<'static, Result<Channel, String>> {
-        let endpoint = self.endpoint.clone();
+    fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    fn connect(&self, endpoint: usize) -> BoxFuture<'static, Result<Channel, String>> {
+        let Some(endpoint) = self.endpoints.get(endpoint).cloned() else {
+            return futures::future::ready(Err(format!("no node endpoint {endpoint}"))).boxed();
+        };
         async move { endpoint.connect().await.map_err(transport_error) }.boxed()
     }
 

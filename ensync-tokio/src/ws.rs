@@ -38,13 +38,15 @@ pub(crate) const STREAM_BUFFER: usize = 1024;
 /// Largest frame accepted from the node.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Opens WebSocket connections to one node.
+/// A TLS connector and the name to check a node's certificate against.
+type TlsTarget = (
+    tokio_rustls::TlsConnector,
+    tokio_rustls::rustls::pki_types::ServerName<'static>,
+);
+
+/// Opens WebSocket connections to the engine's nodes (in the engine's order).
 pub(crate) struct WsTransport {
-    endpoint: WsEndpoint,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        tokio_rustls::rustls::pki_types::ServerName<'static>,
-    )>,
+    nodes: Vec<(WsEndpoint, Option<TlsTarget>)>,
     connect_timeout: Duration,
     ping_interval: Duration,
     stream_buffer: usize,
@@ -52,17 +54,20 @@ pub(crate) struct WsTransport {
 }
 
 impl WsTransport {
-    pub(crate) fn new(endpoint: &WsEndpoint, options: &EngineOptions) -> Result<Self> {
-        let tls = if endpoint.tls {
-            let config = ensync_client::tls::client_config(options, b"http/1.1")?;
-            let name = ensync_client::tls::server_name(options, &endpoint.host)?;
-            Some((tokio_rustls::TlsConnector::from(config), name))
-        } else {
-            None
-        };
+    pub(crate) fn new(endpoints: &[WsEndpoint], options: &EngineOptions) -> Result<Self> {
+        let mut nodes = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let tls = if endpoint.tls {
+                let config = ensync_client::tls::client_config(options, b"http/1.1")?;
+                let name = ensync_client::tls::server_name(options, &endpoint.host)?;
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            } else {
+                None
+            };
+            nodes.push((endpoint.clone(), tls));
+        }
         Ok(WsTransport {
-            endpoint: endpoint.clone(),
-            tls,
+            nodes,
             connect_timeout: options.connect_timeout,
             ping_interval: options.heartbeat_interval.max(Duration::from_millis(10)),
             stream_buffer: options
@@ -123,11 +128,18 @@ impl WsConn {
 impl Transport for WsTransport {
     type Conn = WsConn;
 
-    fn connect(&self) -> BoxFuture<'static, std::result::Result<WsConn, String>> {
-        let url = self.endpoint.url();
-        let host = self.endpoint.host.clone();
-        let port = self.endpoint.port;
-        let tls = self.tls.clone();
+    fn endpoints(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn connect(&self, endpoint: usize) -> BoxFuture<'static, std::result::Result<WsConn, String>> {
+        let Some((endpoint, tls)) = self.nodes.get(endpoint) else {
+            return futures::future::ready(Err(format!("no node endpoint {endpoint}"))).boxed();
+        };
+        let url = endpoint.url();
+        let host = endpoint.host.clone();
+        let port = endpoint.port;
+        let tls = tls.clone();
         let timeout = self.connect_timeout;
         let settings = ConnSettings {
             ping_interval: self.ping_interval,

@@ -171,7 +171,13 @@ impl Driver {
                 Output::Event(SessionEvent::Completed { op, .. }) => {
                     assert!(self.completed.insert(op), "op {op:?} completed twice");
                 }
-                Output::Connect { conn } => self.conn = conn,
+                Output::Connect { conn, endpoint } => {
+                    assert!(
+                        endpoint < self.session.config().get_endpoints(),
+                        "endpoint {endpoint} out of range"
+                    );
+                    self.conn = conn;
+                }
                 Output::Disconnect => self.calls.clear(),
                 _ => {}
             }
@@ -413,6 +419,7 @@ pub fn run(data: &[u8]) {
         .heartbeat_interval((flags & 4 == 0).then_some(Duration::from_secs(3)))
         .reconnect_interval(Duration::from_millis(500))
         .max_reconnect_attempts(u32::from(flags >> 5))
+        .endpoints(if flags & 8 == 0 { 1 } else { 3 })
         .request_timeout(Duration::from_secs(2))
         .dedup_capacity(usize::from(flags >> 4 & 3) * 2)
         .max_in_flight(8);

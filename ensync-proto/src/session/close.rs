@@ -36,10 +36,9 @@ impl Session {
             self.finish_op(id, Err(with_published(SessionError::Closed, published)));
         }
         let grace = CLOSE_GRACE.min(self.config.request_timeout);
-        self.closing = Some(Closing {
-            ops: vec![op],
-            deadline: deadline_after(now, grace),
-        });
+        self.closing = Some(Closing { ops: vec![op] });
+        self.timers
+            .set(Timer::CloseGrace, deadline_after(now, grace));
         op
     }
 
@@ -79,15 +78,23 @@ impl Session {
 
     /// Finishes a waiting close once nothing internal is pending or its time is up.
     pub(super) fn settle_closing(&mut self, now: Instant) {
-        let Some(closing) = &self.closing else {
+        if self.closing.is_none() {
             return;
-        };
-        let done = closing.deadline <= now || !self.is_connected() || !self.closing_has_work();
+        }
+        let done = self.timers.is_expired(Timer::CloseGrace, now)
+            || !self.is_connected()
+            || !self.closing_has_work();
         if done {
-            if let Some(closing) = self.closing.take() {
+            if let Some(closing) = self.take_closing() {
                 self.finish_close(closing.ops);
             }
         }
+    }
+
+    /// Ends the wait of a close (its grace timer with it).
+    pub(super) fn take_closing(&mut self) -> Option<Closing> {
+        self.timers.stop(Timer::CloseGrace);
+        self.closing.take()
     }
 
     pub(super) fn enter_closed(&mut self) {
@@ -97,14 +104,14 @@ impl Session {
         self.subs.clear();
         self.deliveries.clear();
         self.heartbeat_call = None;
-        self.next_heartbeat = None;
+        self.timers.stop_all();
     }
 
     pub(super) fn close_with_error(&mut self, error: SessionError) {
         self.fail_all(&error);
         self.enter_closed();
         self.emit_state(ConnectionState::Closed { error: Some(error) });
-        if let Some(closing) = self.closing.take() {
+        if let Some(closing) = self.take_closing() {
             for op in closing.ops {
                 self.complete(op, Ok(OpOutcome::Closed));
             }

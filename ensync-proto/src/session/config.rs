@@ -20,6 +20,7 @@ pub struct SessionConfig {
     pub(crate) heartbeat_interval: Option<Duration>,
     pub(crate) reconnect_interval: Duration,
     pub(crate) max_reconnect_attempts: u32,
+    pub(crate) endpoints: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) generation: GenerationChoice,
     pub(crate) dedup_capacity: usize,
@@ -36,6 +37,7 @@ impl Default for SessionConfig {
             heartbeat_interval: Some(Duration::from_secs(30)),
             reconnect_interval: Duration::from_secs(5),
             max_reconnect_attempts: 10,
+            endpoints: 1,
             request_timeout: Duration::from_secs(30),
             generation: GenerationChoice::default(),
             dedup_capacity: 10_000,
@@ -57,6 +59,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("reconnect_interval", &self.reconnect_interval)
             .field("max_reconnect_attempts", &self.max_reconnect_attempts)
+            .field("endpoints", &self.endpoints)
             .field("request_timeout", &self.request_timeout)
             .field("generation", &self.generation)
             .field("dedup_capacity", &self.dedup_capacity)
@@ -99,9 +102,17 @@ impl SessionConfig {
         self
     }
     /// How many reconnect attempts after a connection loss before the session closes
-    /// (default 10; 0 closes on the first loss).
+    /// (default 10; 0 closes on the first loss). With several [`endpoints`](Self::endpoints)
+    /// it counts per endpoint: the session gives up after `attempts` full rounds.
     pub fn max_reconnect_attempts(mut self, attempts: u32) -> Self {
         self.max_reconnect_attempts = attempts;
+        self
+    }
+    /// How many node endpoints the adapter can connect to (default 1; 0 is taken as 1).
+    /// [`Output::Connect`](super::Output::Connect) names the one to use; the rotation
+    /// rule is in the [session docs](crate::session#several-endpoints).
+    pub fn endpoints(mut self, count: usize) -> Self {
+        self.endpoints = count.max(1);
         self
     }
     /// How long an operation may take from when it was issued (queued while
@@ -155,6 +166,10 @@ impl SessionConfig {
     /// The configured maximum number of reconnect attempts.
     pub fn get_max_reconnect_attempts(&self) -> u32 {
         self.max_reconnect_attempts
+    }
+    /// The configured number of endpoints.
+    pub fn get_endpoints(&self) -> usize {
+        self.endpoints
     }
     /// The configured request timeout.
     pub fn get_request_timeout(&self) -> Duration {

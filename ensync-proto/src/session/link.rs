@@ -1,6 +1,6 @@
 //! The connection's lifecycle: opening the transport, authenticating, the RPC
 //! generation, heartbeats, losing the connection and reconnecting with backoff, and the
-//! dispatch of transport facts and timers.
+//! dispatch of transport facts (timers are dispatched in `timers.rs`).
 
 use super::*;
 
@@ -49,11 +49,11 @@ impl Session {
                         generation: self.generation,
                         request,
                     }));
-                    self.phase = Phase::Authenticating {
-                        attempt,
-                        call,
-                        deadline: deadline_after(now, self.config.request_timeout),
-                    };
+                    self.phase = Phase::Authenticating { attempt, call };
+                    self.timers.set(
+                        Timer::ConnectStep,
+                        deadline_after(now, self.config.request_timeout),
+                    );
                 }
             }
             Input::Disconnected { conn, reason } if self.transport == Some(conn) => {
@@ -89,44 +89,6 @@ impl Session {
         }
     }
 
-    pub(super) fn handle_timeout_inner(&mut self, now: Instant) {
-        if self.is_closed() {
-            return;
-        }
-        let expired = self.op_deadlines.expired(now);
-        for op in expired {
-            let published = self.published_ids(op);
-            self.finish_op(op, Err(SessionError::Timeout { published }));
-        }
-        match self.phase {
-            Phase::Opening { deadline, .. } | Phase::Authenticating { deadline, .. }
-                if deadline <= now =>
-            {
-                self.attempt_failed("timed out while connecting".to_owned(), true, now);
-            }
-            Phase::Backoff { attempt, at } if at <= now => {
-                self.start_transport(attempt, now);
-            }
-            Phase::Connected => {
-                if self.heartbeat_call.is_some_and(|(_, d)| d <= now) {
-                    self.connection_lost("heartbeat timed out".to_owned(), now);
-                    return;
-                }
-                if let (Some(interval), Some(at)) =
-                    (self.config.heartbeat_interval, self.next_heartbeat)
-                {
-                    if at <= now {
-                        self.next_heartbeat = Some(deadline_after(now, interval));
-                        if self.heartbeat_call.is_none() {
-                            self.send_heartbeat(now);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
     pub(super) fn send_heartbeat(&mut self, now: Instant) {
         let call = self.next_call();
         self.calls.insert(
@@ -136,7 +98,11 @@ impl Session {
                 generation: self.generation,
             },
         );
-        self.heartbeat_call = Some((call, deadline_after(now, self.config.request_timeout)));
+        self.heartbeat_call = Some(call);
+        self.timers.set(
+            Timer::HeartbeatReply,
+            deadline_after(now, self.config.request_timeout),
+        );
         self.outputs.push_back(Output::Call(Call {
             id: call,
             generation: self.generation,
@@ -147,13 +113,23 @@ impl Session {
     }
 
     pub(super) fn start_transport(&mut self, attempt: u32, now: Instant) {
-        self.phase = Phase::Opening {
-            attempt,
-            deadline: deadline_after(now, self.config.request_timeout),
-        };
+        self.phase = Phase::Opening { attempt };
+        self.timers.stop(Timer::Reconnect);
+        self.timers.set(
+            Timer::ConnectStep,
+            deadline_after(now, self.config.request_timeout),
+        );
         let conn = ConnectionId(self.alloc_id());
         self.transport = Some(conn);
-        self.outputs.push_back(Output::Connect { conn });
+        self.outputs.push_back(Output::Connect {
+            conn,
+            endpoint: self.endpoint,
+        });
+    }
+
+    /// Moves on to the next endpoint (after a failure of the current one).
+    fn next_endpoint(&mut self) {
+        self.endpoint = (self.endpoint + 1) % self.config.endpoints.max(1);
     }
 
     /// A connect attempt (transport or `Connect` call) failed.
@@ -171,26 +147,60 @@ impl Session {
             self.transport = None;
             self.outputs.push_back(Output::Disconnect);
         }
-        if attempt == 0 {
-            self.close_with_error(SessionError::connection(reason));
+        let failures = attempt.saturating_add(1);
+        if self.epoch > 0 {
+            self.schedule_reconnect(failures, &reason, now);
+            return;
+        }
+        // The first open: each endpoint once, in order, at once; then the open fails.
+        let endpoints = self.config.endpoints;
+        if failures as usize >= endpoints {
+            let message = if endpoints == 1 {
+                reason
+            } else {
+                format!("none of the {endpoints} endpoints could be reached; last: {reason}")
+            };
+            self.close_with_error(SessionError::connection(message));
         } else {
-            self.schedule_reconnect(attempt.saturating_add(1), &reason, now);
+            self.next_endpoint();
+            self.start_transport(failures, now);
         }
     }
 
-    pub(super) fn schedule_reconnect(&mut self, attempt: u32, reason: &str, now: Instant) {
-        if attempt > self.config.max_reconnect_attempts {
-            let max = self.config.max_reconnect_attempts;
-            self.close_with_error(SessionError::connection(format!(
-                "gave up after {max} reconnect attempts: {reason}"
-            )));
+    /// After `failures` failures in a row since the last successful connection (its loss
+    /// counted): the next attempt goes to the next endpoint, at once within a round, after
+    /// the backoff delay of round `failures / endpoints` once every endpoint failed.
+    pub(super) fn schedule_reconnect(&mut self, failures: u32, reason: &str, now: Instant) {
+        let endpoints = self.config.endpoints;
+        let max = self.config.max_reconnect_attempts;
+        if u64::from(failures) > u64::from(max) * endpoints as u64 {
+            let message = if endpoints == 1 {
+                format!("gave up after {max} reconnect attempts: {reason}")
+            } else {
+                format!(
+                    "gave up after {max} reconnect attempts to each of the {endpoints} endpoints: {reason}"
+                )
+            };
+            self.close_with_error(SessionError::connection(message));
             return;
         }
-        let delay = backoff_delay(&self.config, attempt);
-        self.phase = Phase::Backoff {
-            attempt,
-            at: deadline_after(now, delay),
-        };
+        self.next_endpoint();
+        let attempt = failures;
+        let full_round = (failures as usize) % endpoints == 0;
+        if !full_round {
+            self.emit_state(ConnectionState::Reconnecting {
+                attempt,
+                delay: Duration::ZERO,
+            });
+            self.start_transport(attempt, now);
+            return;
+        }
+        let round = (failures as usize / endpoints) as u32;
+        let delay = backoff_delay(&self.config, round);
+        self.phase = Phase::Backoff { attempt };
+        self.timers.stop(Timer::ConnectStep);
+        self.timers
+            .set(Timer::Reconnect, deadline_after(now, delay));
         self.emit_state(ConnectionState::Reconnecting { attempt, delay });
     }
 
@@ -199,7 +209,7 @@ impl Session {
         if !self.is_connected() {
             return;
         }
-        if let Some(closing) = self.closing.take() {
+        if let Some(closing) = self.take_closing() {
             // Closing: no reconnect; what was still in flight is given up.
             self.finish_close(closing.ops);
             return;
@@ -207,7 +217,8 @@ impl Session {
         self.transport = None;
         self.outputs.push_back(Output::Disconnect);
         self.heartbeat_call = None;
-        self.next_heartbeat = None;
+        self.timers.stop(Timer::HeartbeatReply);
+        self.timers.stop(Timer::HeartbeatDue);
         let mut requeue: Vec<(OpId, usize)> = Vec::new();
         let mut failed: Vec<OpId> = Vec::new();
         let calls = std::mem::take(&mut self.calls);
@@ -277,10 +288,11 @@ impl Session {
         match entry.purpose {
             CallPurpose::Connect => self.handle_connect_reply(call, result, now),
             CallPurpose::Heartbeat => {
-                if self.heartbeat_call.map(|(c, _)| c) != Some(call) {
+                if self.heartbeat_call != Some(call) {
                     return;
                 }
                 self.heartbeat_call = None;
+                self.timers.stop(Timer::HeartbeatReply);
                 match result {
                     Ok(Reply::Heartbeat(r)) if r.success => {}
                     Ok(Reply::Heartbeat(_)) => {
@@ -399,11 +411,13 @@ impl Session {
         self.client_hash = r.client_hash;
         self.epoch += 1;
         self.phase = Phase::Connected;
+        self.timers.stop(Timer::ConnectStep);
         self.heartbeat_call = None;
-        self.next_heartbeat = self
-            .config
-            .heartbeat_interval
-            .map(|i| deadline_after(now, i));
+        self.timers.stop(Timer::HeartbeatReply);
+        match self.config.heartbeat_interval {
+            Some(i) => self.timers.set(Timer::HeartbeatDue, deadline_after(now, i)),
+            None => self.timers.stop(Timer::HeartbeatDue),
+        }
         self.emit_state(ConnectionState::Connected {
             client_id: self.client_id.clone(),
             client_hash: self.client_hash.clone(),

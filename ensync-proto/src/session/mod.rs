@@ -26,7 +26,8 @@
 //!
 //! - `open` asks for the transport ([`Output::Connect`]), then sends `Connect`. If the
 //!   *first* connection fails, the `open` operation fails and the session closes (no
-//!   retry loop: creating a client must fail promptly).
+//!   retry loop: creating a client must fail promptly; with several endpoints, once
+//!   each was tried: see [Several endpoints](#several-endpoints)).
 //! - A refused access key (`success = false` or `UNAUTHENTICATED` on `Connect`) closes
 //!   the session with [`SessionError::Auth`], on the first open and on a reconnect alike.
 //! - Once connected, a lost connection (transport loss, a failed heartbeat, a subscribe
@@ -60,13 +61,41 @@
 //!   are internal: their success is not reported; a refusal by the node is reported as
 //!   [`SessionEvent::AutoAckFailed`].
 //!
+//! # Several endpoints
+//!
+//! An adapter may know several node endpoints ([`SessionConfig::endpoints`], e.g. the
+//! nodes of one cluster given as several URLs); which one to try is the session's
+//! choice, named by [`Output::Connect`]'s `endpoint` index:
+//!
+//! - the first attempt goes to endpoint 0; after a failure of the current endpoint (a
+//!   connect attempt that fails or times out, or the loss of an established
+//!   connection) the next attempt goes to the next endpoint, wrapping around;
+//! - the first `open` tries every endpoint once, in order, without waiting; it fails
+//!   (and the session closes) only when none could be reached;
+//! - after a loss, attempts start at once while some endpoint has not failed yet in
+//!   this run of failures; once every endpoint failed in a row (a full round, the lost
+//!   one included) the next attempt waits the backoff delay of that round:
+//!   [`backoff_delay`] of 1, 2, ... for the first, second, ... full round. So with
+//!   endpoints 0 and 1 and a loss on 0: endpoint 1 at once, then (if it fails) wait
+//!   `backoff_delay(1)`, endpoint 0, endpoint 1 at once, wait `backoff_delay(2)`, ...;
+//! - [`ConnectionState::Reconnecting`] counts attempts one by one (`delay` zero for
+//!   those that do not wait); the session gives up after `max_reconnect_attempts`
+//!   full rounds (`max_reconnect_attempts` attempts per endpoint);
+//! - a successful connection resets the count; the session stays on the endpoint it
+//!   connected to until that one fails.
+//!
+//! With one endpoint this is the plain policy above: every attempt waits
+//! `backoff_delay(attempt)`. A refused access key closes the session whichever
+//! endpoint refused it (every node of one deployment knows the same apps).
+//!
 //! # Layout
 //!
 //! The [`Session`] struct, its state types and the four kinds of entry points are in this
 //! file; the rest is split by concern, one `impl Session` block each: `link.rs` (the
 //! connection's lifecycle: transport, `Connect`, generation, heartbeats, reconnect),
 //! `ops.rs` (the operation table: commands to calls, replies to results), `timers.rs`
-//! (every deadline, indexed so the next one is found without a scan),
+//! (every deadline: the connection's timers in one fixed table, operation deadlines
+//! ordered, so the next one is found without a scan; `handle_timeout`'s dispatch),
 //! `subscriptions.rs` (subscribe, pause, their streams), `deliveries.rs` (events to the
 //! application, auto-ack, duplicates, ack/defer/discard/replay) and `close.rs` (the
 //! close grace).
@@ -90,9 +119,10 @@
 //!
 //! /// Whatever IO the adapter does (sockets, HTTP/2 streams, a WebSocket).
 //! trait Io {
-//!     /// Start opening the transport (dropping any other); report `Input::Connected` or
-//!     /// `Input::Disconnected` quoting `conn`, and `Input::Disconnected` if it is lost.
-//!     fn open(&mut self, conn: ConnectionId);
+//!     /// Start opening the transport to node endpoint `endpoint` (dropping any other);
+//!     /// report `Input::Connected` or `Input::Disconnected` quoting `conn`, and
+//!     /// `Input::Disconnected` if it is lost.
+//!     fn open(&mut self, conn: ConnectionId, endpoint: usize);
 //!     /// Drop the transport and every call on it.
 //!     fn close(&mut self);
 //!     /// Start an RPC; report `Input::Reply`, or `StreamOpened`/`StreamItem`/`StreamEnded`.
@@ -109,7 +139,7 @@
 //!         let mut closed = false;
 //!         while let Some(output) = session.poll_output() {
 //!             match output {
-//!                 Output::Connect { conn } => io.open(conn),
+//!                 Output::Connect { conn, endpoint } => io.open(conn, endpoint),
 //!                 Output::Disconnect => io.close(),
 //!                 Output::Call(call) => io.call(call),
 //!                 Output::CancelStream(id) => io.cancel(id),
@@ -146,6 +176,7 @@ use deliveries::{Dedup, decrypt_payload};
 use ops::{
     defer_request, pause_request, reply_refused, survives_reconnect, with_client_id, with_published,
 };
+use timers::{Timer, TimerTable};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -175,6 +206,8 @@ pub struct Session {
     /// The transport attempt the session last asked for ([`Output::Connect`]); facts
     /// about any other attempt are stale.
     transport: Option<ConnectionId>,
+    /// The endpoint of the current (or last) transport attempt.
+    endpoint: usize,
     /// The latest `now` seen: time only moves forward for the session.
     now: Instant,
     generation: Generation,
@@ -183,14 +216,16 @@ pub struct Session {
     ops: BTreeMap<OpId, Op>,
     /// The deadlines of `ops`, ordered (kept in step by `insert_op` / `finish_op`).
     op_deadlines: timers::OpDeadlines,
+    /// The connection's timers (connect step, reconnect, heartbeats, close grace).
+    timers: TimerTable,
     app_ops: usize,
     calls: HashMap<CallId, CallEntry>,
     queue: VecDeque<(OpId, usize)>,
     subs: BTreeMap<String, Sub>,
     dedup: Dedup,
     deliveries: HashMap<DeliveryToken, DeliveryInfo>,
-    next_heartbeat: Option<Instant>,
-    heartbeat_call: Option<(CallId, Instant)>,
+    /// The heartbeat in flight (its reply deadline is [`Timer::HeartbeatReply`]).
+    heartbeat_call: Option<CallId>,
     recipients: RecipientCache,
     outputs: VecDeque<Output>,
     /// Set by [`Session::close`] while automatic acknowledgements already sent are
@@ -198,13 +233,12 @@ pub struct Session {
     closing: Option<Closing>,
 }
 
-/// A close waiting for the automatic acknowledgements in flight.
+/// A close waiting for the automatic acknowledgements in flight (it gives up waiting at
+/// [`Timer::CloseGrace`]).
 #[derive(Debug)]
 struct Closing {
     /// The `close` ops to complete when done.
     ops: Vec<OpId>,
-    /// Give up waiting at this time.
-    deadline: Instant,
 }
 
 /// The longest [`Session::close`] waits for automatic acknowledgements (and deferrals of
@@ -223,6 +257,9 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Where the connection is. Its deadlines are in the [`TimerTable`]: `Opening` and
+/// `Authenticating` run [`Timer::ConnectStep`], `Backoff` runs [`Timer::Reconnect`],
+/// `Connected` the heartbeat timers; `Closed` none.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     Idle,
@@ -230,19 +267,16 @@ enum Phase {
     /// `attempt` 0 is the first open.
     Opening {
         attempt: u32,
-        deadline: Instant,
     },
     /// Transport up, `Connect` sent.
     Authenticating {
         attempt: u32,
         call: CallId,
-        deadline: Instant,
     },
     Connected,
     /// Waiting to start reconnect attempt `attempt`.
     Backoff {
         attempt: u32,
-        at: Instant,
     },
     Closed,
 }
@@ -362,12 +396,14 @@ impl Session {
             client_hash: String::new(),
             epoch: 0,
             transport: None,
+            endpoint: 0,
             now,
             generation,
             generation_switched: false,
             next_id: 1,
             ops: BTreeMap::new(),
             op_deadlines: timers::OpDeadlines::default(),
+            timers: TimerTable::default(),
             app_ops: 0,
             calls: HashMap::new(),
             queue: VecDeque::new(),
@@ -375,7 +411,6 @@ impl Session {
             dedup,
             deliveries: HashMap::new(),
             closing: None,
-            next_heartbeat: None,
             heartbeat_call: None,
             recipients: RecipientCache::default(),
             outputs: VecDeque::new(),
@@ -403,6 +438,11 @@ impl Session {
     /// The app's public key (base64) as the node reported it, once authenticated.
     pub fn client_hash(&self) -> Option<&str> {
         (!self.client_hash.is_empty()).then_some(self.client_hash.as_str())
+    }
+    /// The endpoint (an index below [`SessionConfig::endpoints`]) of the current
+    /// connection, or of the last attempt to open one.
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
     }
     /// The RPC generation the session currently speaks.
     pub fn generation(&self) -> Generation {

@@ -488,12 +488,16 @@ pub enum Input {
 /// What the adapter must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Open the transport (dropping any other); answer with [`Input::Connected`] or
-    /// [`Input::Disconnected`] quoting `conn`, and later [`Input::Disconnected`] with
-    /// `conn` if this transport is lost.
+    /// Open the transport to endpoint `endpoint` (dropping any other); answer with
+    /// [`Input::Connected`] or [`Input::Disconnected`] quoting `conn`, and later
+    /// [`Input::Disconnected`] with `conn` if this transport is lost.
     Connect {
         /// Names this attempt.
         conn: ConnectionId,
+        /// Which of the adapter's node endpoints to connect to: an index below
+        /// [`SessionConfig::endpoints`](super::SessionConfig::endpoints) (always 0 with
+        /// one endpoint).
+        endpoint: usize,
     },
     /// Drop the transport: every call on it is gone (report nothing more about them).
     Disconnect,
@@ -519,9 +523,12 @@ pub enum ConnectionState {
         /// The app's public key (base64).
         client_hash: String,
     },
-    /// The connection was lost; attempt `attempt` starts after `delay`.
+    /// The connection was lost; attempt `attempt` starts after `delay`. With several
+    /// endpoints, an attempt waits only once every endpoint failed in a row (a full
+    /// round); the others start at once, `delay` zero (see the
+    /// [session docs](crate::session#several-endpoints)).
     Reconnecting {
-        /// 1-based attempt number.
+        /// 1-based attempt number (one attempt is one endpoint tried).
         attempt: u32,
         /// How long the session waits before the attempt.
         delay: Duration,

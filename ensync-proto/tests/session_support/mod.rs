@@ -7,9 +7,12 @@
 //! - the node never sees two acks of one event from one session (client id);
 //! - every successful (re)connect re-subscribes every live subscription with the new
 //!   client id before anything else goes out after `Connect`;
-//! - every `Reconnecting{attempt, delay}` has `delay == backoff_delay(attempt)`,
-//!   attempts count 1, 2, ... and never exceed the maximum, and the transport is not
-//!   asked for before the delay has passed.
+//! - every `Reconnecting{attempt, delay}` has `delay == backoff_delay(attempt)` (with
+//!   `n` endpoints: `backoff_delay(attempt / n)` when `attempt` is a multiple of `n`, a
+//!   full round, zero otherwise), attempts count 1, 2, ... and never exceed the maximum
+//!   (per endpoint), and the transport is not asked for before the delay has passed;
+//! - every `Connect` names an endpoint below the configured count; with several, each
+//!   attempt after a failure goes to the next endpoint.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -557,6 +560,11 @@ pub struct Pair {
     pub fail_connects: u32,
     /// Whether the node answers a transport open at all.
     pub connect_hangs: bool,
+    /// Endpoints nobody listens on: a transport open to one fails at once.
+    pub down_endpoints: BTreeSet<usize>,
+    /// The endpoint of every `Output::Connect`, in order.
+    pub connect_endpoints: Vec<usize>,
+    endpoints: usize,
     // bookkeeping for the invariants
     issued: BTreeSet<OpId>,
     pub completed: BTreeMap<OpId, Result<OpOutcome, SessionError>>,
@@ -578,9 +586,18 @@ pub struct Pair {
 impl Pair {
     pub fn new(config: SessionConfig) -> Self {
         let start = Instant::now();
-        let max_attempts = config.get_max_reconnect_attempts();
+        let endpoints = config.get_endpoints();
+        let max_attempts = config
+            .get_max_reconnect_attempts()
+            .saturating_mul(endpoints as u32);
         let backoff = (1..=max_attempts.min(64))
-            .map(|a| backoff_delay(&config, a))
+            .map(|a| {
+                if a as usize % endpoints == 0 {
+                    backoff_delay(&config, (a as usize / endpoints) as u32)
+                } else {
+                    Duration::ZERO
+                }
+            })
             .collect();
         Pair {
             session: Session::new(config, start),
@@ -595,6 +612,9 @@ impl Pair {
             latency: Duration::ZERO,
             fail_connects: 0,
             connect_hangs: false,
+            down_endpoints: BTreeSet::new(),
+            connect_endpoints: Vec::new(),
+            endpoints,
             issued: BTreeSet::new(),
             completed: BTreeMap::new(),
             handed: HashMap::new(),
@@ -669,15 +689,36 @@ impl Pair {
         while let Some(out) = self.session.poll_output() {
             self.outputs.push((self.now, out.clone()));
             match out {
-                Output::Connect { conn } => {
+                Output::Connect { conn, endpoint } => {
                     if let Some(t) = self.reconnect_not_before.take() {
                         assert!(self.now >= t, "reconnect attempt before its backoff delay");
                     }
+                    assert!(
+                        endpoint < self.endpoints,
+                        "endpoint {endpoint} of {}",
+                        self.endpoints
+                    );
+                    if let Some(&last) = self.connect_endpoints.last() {
+                        if self.endpoints > 1 && self.last_attempt > 0 {
+                            assert_eq!(
+                                endpoint,
+                                (last + 1) % self.endpoints,
+                                "a reconnect attempt goes to the next endpoint"
+                            );
+                        }
+                    }
+                    assert_eq!(self.session.endpoint(), endpoint);
+                    self.connect_endpoints.push(endpoint);
                     self.transport = Some(conn);
                     if self.connect_hangs {
                         continue;
                     }
-                    let input = if self.fail_connects > 0 {
+                    let input = if self.down_endpoints.contains(&endpoint) {
+                        Input::Disconnected {
+                            conn,
+                            reason: format!("nobody listens on endpoint {endpoint}"),
+                        }
+                    } else if self.fail_connects > 0 {
                         self.fail_connects -= 1;
                         Input::Disconnected {
                             conn,
