@@ -131,6 +131,11 @@ fn bad_config_exits_non_zero_naming_the_field() {
             format!("data_dir = \"{data}\"\ntls_cert = \"c.pem\"\n"),
             "tls_key",
         ),
+        // A one-time decision of the operator (a flag), never a setting of the file.
+        (
+            format!("data_dir = \"{data}\"\naccept_store_rollback = true\n"),
+            "accept_store_rollback",
+        ),
     ] {
         let (ok, stderr) = run_with_config(dir.path(), &text);
         assert!(!ok, "accepted: {text}");

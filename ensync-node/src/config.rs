@@ -142,6 +142,13 @@ pub struct NodeConfig {
     pub keepalive_interval_ms: u64,
     /// The apps allowed to connect.
     pub apps: Vec<AppConfig>,
+    /// Open the store even when it is older than its commit record says (completed
+    /// commits missing), its record is unreadable, or its file is missing while its record
+    /// exists (see [`crate::store::StoreOptions::accept_rollback`]). Never read from nor
+    /// written to the config file: a one-time decision, `ensync node
+    /// --accept-store-rollback`. Default `false`.
+    #[serde(skip)]
+    pub accept_store_rollback: bool,
 }
 
 impl Default for NodeConfig {
@@ -169,6 +176,7 @@ impl Default for NodeConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             apps: Vec::new(),
+            accept_store_rollback: false,
         }
     }
 }
@@ -522,5 +530,18 @@ mod tests {
         assert_eq!(back.store_cache_bytes, 8 * 1024 * 1024);
         let err = NodeConfig::from_toml_str("store_cache_bytes = 1000").unwrap_err();
         assert!(err.to_string().contains("store_cache_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_rollback_flag_is_never_read_from_the_file() {
+        let c = NodeConfig::from_toml_str("data_dir = \"/tmp/x\"").unwrap();
+        assert!(!c.accept_store_rollback);
+        // Set in code (or by `ensync node --accept-store-rollback`), never in the file.
+        let mut c = NodeConfig::new("/tmp/x");
+        c.accept_store_rollback = true;
+        let text = c.to_toml_string().unwrap();
+        assert!(!text.contains("accept_store_rollback"), "{text}");
+        let err = NodeConfig::from_toml_str("accept_store_rollback = true").unwrap_err();
+        assert!(err.to_string().contains("accept_store_rollback"), "{err}");
     }
 }

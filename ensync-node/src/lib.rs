@@ -135,9 +135,11 @@ impl Node {
             _ => None,
         };
 
-        let store = Arc::new(store::RedbStore::open_with_cache(
+        let store = Arc::new(store::RedbStore::open_with(
             &config.data_dir,
-            config.store_cache_bytes,
+            &store::StoreOptions::default()
+                .with_cache_bytes(config.store_cache_bytes)
+                .with_accept_rollback(config.accept_store_rollback),
         )?);
         let service = NodeService::new(&config, store)?;
         let tasks = service.spawn_background();
