@@ -131,6 +131,10 @@ fn bad_config_exits_non_zero_naming_the_field() {
             format!("data_dir = \"{data}\"\ntls_cert = \"c.pem\"\n"),
             "tls_key",
         ),
+        (
+            format!("data_dir = \"{data}\"\nmax_connections_per_ip = 0\n"),
+            "max_connections_per_ip",
+        ),
         // A one-time decision of the operator (a flag), never a setting of the file.
         (
             format!("data_dir = \"{data}\"\naccept_store_rollback = true\n"),

@@ -63,8 +63,6 @@ pub const MAX_PIPELINE: usize = 64;
 pub const OUT_QUEUE: usize = 64;
 /// Most sessions (`CONN`s) one connection may open.
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 8;
-/// How long the TLS and WebSocket handshakes of a new connection may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The delay `ROLLBACK` defers an event by (the shortest the node accepts).
 const ROLLBACK_DELAY_MS: i64 = 1000;
 
@@ -74,7 +72,11 @@ struct Settings {
     ping_interval: Duration,
     misses: u32,
     max_message: usize,
+    /// The TLS handshake and the WebSocket upgrade must each complete within it.
+    handshake: Duration,
     connections: crate::limits::ConnLimit,
+    /// Refusals of over-cap connections in progress.
+    refusals: crate::limits::ConnLimit,
 }
 
 /// A bound, serving WebSocket endpoint.
@@ -105,7 +107,15 @@ impl WsEndpoint {
                 .max_payload_bytes
                 .saturating_add(config.max_metadata_bytes.saturating_mul(2))
                 .saturating_add(64 * 1024),
-            connections: crate::limits::ConnLimit::new(config.max_connections),
+            handshake: Duration::from_millis(config.handshake_timeout_ms),
+            connections: crate::limits::ConnLimit::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
+            refusals: crate::limits::ConnLimit::new(
+                crate::limits::MAX_REFUSALS_IN_PROGRESS,
+                usize::MAX,
+            ),
         });
         let (stop, stop_rx) = watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -194,20 +204,27 @@ async fn accept_loop(
                 };
                 let _ = tcp.set_nodelay(true);
                 let tls = tls.clone();
-                let Some(permit) = settings.connections.try_acquire() else {
-                    tracing::warn!(%peer, max_connections = settings.connections.max(),
-                        "WebSocket connection refused: connection limit reached");
-                    tokio::spawn(async move {
-                        match tls {
-                            Some(tls) => {
-                                if let Ok(Ok(s)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                                    refuse(s).await;
+                let permit = match settings.connections.try_acquire(Some(peer.ip())) {
+                    Ok(permit) => permit,
+                    Err(why) => {
+                        crate::limits::log_refusal("WebSocket", Some(peer), why, &settings.connections);
+                        // Beyond the refusals in progress: closed unanswered.
+                        if let Ok(slot) = settings.refusals.try_acquire(None) {
+                            let handshake = settings.handshake;
+                            tokio::spawn(async move {
+                                let _slot = slot;
+                                match tls {
+                                    Some(tls) => {
+                                        if let Ok(Ok(s)) = tokio::time::timeout(handshake, tls.accept(tcp)).await {
+                                            refuse(s, why.text(), handshake).await;
+                                        }
+                                    }
+                                    None => refuse(tcp, why.text(), handshake).await,
                                 }
-                            }
-                            None => refuse(tcp).await,
+                            });
                         }
-                    });
-                    continue;
+                        continue;
+                    }
                 };
                 let service = service.clone();
                 let settings = settings.clone();
@@ -216,7 +233,7 @@ async fn accept_loop(
                     let _permit = permit;
                     match tls {
                         Some(tls) => {
-                            let tls_stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
+                            let tls_stream = tokio::time::timeout(settings.handshake, tls.accept(tcp)).await;
                             match tls_stream {
                                 Ok(Ok(s)) => handshake(s, peer, service, settings, stop).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -246,14 +263,15 @@ fn is_message_path(path: &str) -> bool {
     path.trim_matches('/') == "message"
 }
 
-/// Answers a WebSocket upgrade over the connection cap with HTTP 503 (`Retry-After: 1`).
-async fn refuse<S>(stream: S)
+/// Answers a WebSocket upgrade over the connection cap with HTTP 503 (`Retry-After: 1`,
+/// `text` as the body).
+async fn refuse<S>(stream: S, text: &'static str, handshake: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     #[allow(clippy::result_large_err)]
     let check = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
-        let mut refusal = ErrorResponse::new(Some(crate::limits::CONNECTION_LIMIT_TEXT.into()));
+        let mut refusal = ErrorResponse::new(Some(text.into()));
         *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         refusal.headers_mut().insert(
             "retry-after",
@@ -262,7 +280,7 @@ where
         Err(refusal)
     };
     let _ = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        handshake,
         tokio_tungstenite::accept_hdr_async(stream, check),
     )
     .await;
@@ -292,7 +310,7 @@ async fn handshake<S>(
         }
     };
     let accepted = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        settings.handshake,
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
     )
     .await;
