@@ -649,3 +649,85 @@ async fn ws_connections_over_the_per_ip_cap_get_503() {
         .expect("another address is served");
     t.node.shutdown().await;
 }
+
+/// The frames a WebSocket client reads until the node closes: the text frames, then the
+/// close code (0: closed without a code).
+async fn ws_exchange(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    requests: &[String],
+    answers: usize,
+) -> (Vec<String>, Option<u16>) {
+    use tokio_tungstenite::tungstenite::Message;
+    for r in requests {
+        ws.send(Message::text(r.clone())).await.unwrap();
+    }
+    let mut texts = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Text(t)) => {
+                    texts.push(t.to_string());
+                    if texts.len() == answers {
+                        return None;
+                    }
+                }
+                Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+                Ok(Message::Close(None)) | Err(_) => return Some(0),
+                Ok(_) => {}
+            }
+        }
+        Some(0)
+    })
+    .await
+    .expect("answered or closed in time");
+    (texts, closed)
+}
+
+fn ws_text(r: &ensync_proto::ws::WsRequest) -> String {
+    r.encode()
+}
+
+/// Issue 13: a WebSocket connection that keeps sending after its logins were refused
+/// (unknown access keys, or requests without a session) is closed with 1008 (policy
+/// violation) after the 16th refusal; each refusal was answered first.
+#[tokio::test]
+async fn ws_refused_logins_close_with_1008() {
+    use ensync_proto::ws::WsRequest;
+    let t = start_with(1, |c| c.ws_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = t.node.ws_addr().unwrap();
+    let bad_conn = ws_text(&WsRequest::Conn {
+        access_key: "not-a-key".into(),
+    });
+    let no_session = ws_text(&WsRequest::Sub {
+        client_id: "nobody".into(),
+        event_name: "x".into(),
+    });
+    for (what, request) in [
+        ("unknown access key", &bad_conn),
+        ("no session", &no_session),
+    ] {
+        let mut ws = ws_connect(addr).await.unwrap();
+        let (texts, closed) = ws_exchange(&mut ws, &vec![request.clone(); 20], 20).await;
+        assert_eq!(closed, Some(1008), "{what}: {texts:?}");
+        assert_eq!(texts.len(), 16, "{what}: every refusal answered: {texts:?}");
+        assert!(
+            texts.iter().all(|t| t.starts_with("-FAIL:")),
+            "{what}: {texts:?}"
+        );
+    }
+    // Fewer refusals, then a login: the count starts again, the connection is served.
+    let mut ws = ws_connect(addr).await.unwrap();
+    let good_conn = ws_text(&WsRequest::Conn {
+        access_key: t.dev.apps[0].access_key.clone(),
+    });
+    let mut requests = vec![bad_conn.clone(); 15];
+    requests.push(good_conn);
+    requests.extend(vec![bad_conn; 15]);
+    let (texts, closed) = ws_exchange(&mut ws, &requests, 31).await;
+    assert_eq!(closed, None, "closed after a login: {texts:?}");
+    assert!(texts[15].starts_with("+PASS:"), "{}", texts[15]);
+    // Requests naming another id on a connection with a session do not count.
+    let (texts, closed) = ws_exchange(&mut ws, &vec![no_session; 20], 20).await;
+    assert_eq!(closed, None, "closed with a session open: {texts:?}");
+    t.node.shutdown().await;
+}

@@ -20,6 +20,11 @@
 //!   it is closed. Any frame also keeps the connection's sessions alive;
 //! - a malformed frame gets `-FAIL:<reason>` and the connection goes on; nothing a client
 //!   sends affects other connections;
+//! - close codes: 1007 for a text frame that is not UTF-8, 1009 for a frame or message over
+//!   the size limit, 1002 for another protocol error, 1008 after [`MAX_REFUSED_LOGINS`]
+//!   refused logins (unknown access keys, or requests without a session while the
+//!   connection holds none), 1001 for a silent connection or an ended session, 1012 when
+//!   the node shuts down;
 //! - when the connection closes, its sessions end: their unacknowledged events go back to
 //!   their queues for redelivery.
 //!
@@ -63,6 +68,11 @@ pub const MAX_PIPELINE: usize = 64;
 pub const OUT_QUEUE: usize = 64;
 /// Most sessions (`CONN`s) one connection may open.
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 8;
+/// Refused logins a connection may make: after this many `CONN`s with an unknown access
+/// key, or requests refused as not authenticated while the connection holds no session,
+/// with no successful `CONN` in between, the connection is closed with 1008 (policy
+/// violation) once the last refusal is sent.
+pub const MAX_REFUSED_LOGINS: usize = 16;
 /// The delay `ROLLBACK` defers an event by (the shortest the node accepts).
 const ROLLBACK_DELAY_MS: i64 = 1000;
 
@@ -330,6 +340,20 @@ async fn handshake<S>(
 struct Answer {
     frame: String,
     subscribed: Option<((String, String), EventStream)>,
+    auth: Auth,
+}
+
+/// What an answer says about the connection's logins (for [`MAX_REFUSED_LOGINS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// Nothing.
+    None,
+    /// A `CONN` succeeded.
+    LoggedIn,
+    /// A `CONN` with an unknown access key.
+    LoginRefused,
+    /// A request refused as not authenticated (no session of this connection).
+    NotAuthenticated,
 }
 
 impl Answer {
@@ -337,6 +361,7 @@ impl Answer {
         Self {
             frame: WsServerFrame::Pass(text.into()).encode(),
             subscribed: None,
+            auth: Auth::None,
         }
     }
     fn fail(reason: impl std::fmt::Display) -> Self {
@@ -345,10 +370,21 @@ impl Answer {
         Self {
             frame: WsServerFrame::Fail(reason).encode(),
             subscribed: None,
+            auth: Auth::None,
         }
     }
     fn of(result: Result<Answer, ServiceError>) -> Self {
-        result.unwrap_or_else(Self::fail)
+        result.unwrap_or_else(|e| {
+            let auth = match e {
+                ServiceError::InvalidAccessKey => Auth::LoginRefused,
+                ServiceError::NotAuthenticated => Auth::NotAuthenticated,
+                _ => Auth::None,
+            };
+            Self {
+                auth,
+                ..Self::fail(e)
+            }
+        })
     }
 }
 
@@ -435,6 +471,7 @@ impl Connection {
         let interval = self.settings.ping_interval;
         let mut last_heard = Instant::now();
         let mut pings: u32 = 0;
+        let mut refused_logins = 0usize;
         let end = loop {
             let next_ping = last_heard + interval * (pings + 1);
             let sent = tokio::select! {
@@ -471,7 +508,15 @@ impl Connection {
                     if let Some((key, stream)) = answer.subscribed {
                         records.insert(key, stream);
                     }
-                    out.send(Message::text(answer.frame)).await
+                    let over = self.count_login(answer.auth, &mut refused_logins);
+                    let sent = out.send(Message::text(answer.frame)).await;
+                    if over && sent.is_ok() {
+                        break End::Violation(
+                            CloseCode::Policy,
+                            format!("{MAX_REFUSED_LOGINS} requests refused as not authenticated; log in with CONN first"),
+                        );
+                    }
+                    sent
                 }
                 Some((_, item)) = records.next(), if !records.is_empty() => match item {
                     Ok(ev) => out.send(Message::text(record_frame(ev))).await,
@@ -521,6 +566,19 @@ impl Connection {
         }
     }
 
+    /// Counts refused logins (see [`MAX_REFUSED_LOGINS`]); `true` when the connection is
+    /// to be closed.
+    fn count_login(&self, auth: Auth, refused: &mut usize) -> bool {
+        match auth {
+            Auth::LoggedIn => *refused = 0,
+            Auth::LoginRefused => *refused += 1,
+            // A client with a session that names another id is wrong, not a stranger.
+            Auth::NotAuthenticated if lock(&self.sessions).is_empty() => *refused += 1,
+            Auth::NotAuthenticated | Auth::None => {}
+        }
+        *refused >= MAX_REFUSED_LOGINS
+    }
+
     /// Any frame from the client keeps its sessions alive.
     fn keep_alive(&self) {
         let sessions = lock(&self.sessions);
@@ -561,9 +619,10 @@ impl Connection {
                                     frame: WsServerFrame::conn_pass(&c.client_id, &c.client_hash)
                                         .encode(),
                                     subscribed: None,
+                                    auth: Auth::LoggedIn,
                                 }
                             }
-                            Err(e) => Answer::fail(e),
+                            Err(e) => Answer::of(Err(e)),
                         }
                     }
                     WsRequest::Pub {
@@ -598,6 +657,7 @@ impl Connection {
                         Ok(Answer {
                             frame: WsServerFrame::Pass("subscribed".into()).encode(),
                             subscribed: Some(((client_id, event_name), stream)),
+                            auth: Auth::None,
                         })
                     })()),
                     WsRequest::Unsub {
@@ -702,6 +762,7 @@ impl Connection {
                                 Answer {
                                     frame: WsServerFrame::Replay(record.to_value()).encode(),
                                     subscribed: None,
+                                    auth: Auth::None,
                                 }
                             }),
                     ),
