@@ -11,8 +11,9 @@
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
 //!   method per operation);
 //! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;
-//! - [`limits`]: the connection cap and handshake deadline on the gRPC endpoint's sockets
-//!   (the other bounds are settings of the HTTP/2 server; the node README, "Limits");
+//! - [`limits`]: the connection caps (in total and per IP address, both endpoints) and
+//!   the handshake deadline on the gRPC endpoint's sockets (the other bounds are settings
+//!   of the HTTP/2 server; the node README, "Limits");
 //! - [`ws`]: the WebSocket endpoint (`/message`, PROTOCOL.md section 3) over the same
 //!   service, when `ws_listen` is set;
 //! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
