@@ -60,6 +60,13 @@ struct NodeArgs {
     /// both apps' keys (for trying EnSync out; everything is gone when it stops).
     #[arg(long)]
     dev: bool,
+    /// Open the store even if it is older than its commit record (`events.redb.commit`)
+    /// says: the writes of the missing commits (publishes and acks already answered) are
+    /// lost. Also accepts an unreadable record, and a missing store file whose record
+    /// exists (an empty store is created). The record is rewritten, so later starts need
+    /// no flag.
+    #[arg(long)]
+    accept_store_rollback: bool,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +159,7 @@ async fn run_node(args: NodeArgs) -> Result<(), NodeError> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    config.accept_store_rollback = args.accept_store_rollback;
     let apps = config.apps.len();
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;

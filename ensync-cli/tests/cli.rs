@@ -147,6 +147,15 @@ fn bad_config_exits_non_zero_naming_the_field() {
             format!("data_dir = \"{data}\"\nadmin_key = \"0123456789abcdef0123\"\n"),
             "admin_listen",
         ),
+        (
+            format!("data_dir = \"{data}\"\nmax_connections_per_ip = 0\n"),
+            "max_connections_per_ip",
+        ),
+        // A one-time decision of the operator (a flag), never a setting of the file.
+        (
+            format!("data_dir = \"{data}\"\naccept_store_rollback = true\n"),
+            "accept_store_rollback",
+        ),
     ] {
         let (ok, stderr) = run_with_config(dir.path(), &text);
         assert!(!ok, "accepted: {text}");

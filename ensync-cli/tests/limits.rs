@@ -552,3 +552,182 @@ async fn ack_with_the_wrong_partition_block_is_refused() {
     assert!(r.success, "{}", r.message);
     t.node.shutdown().await;
 }
+
+/// A raw HTTP/2 connection from `from` (a loopback address of the test's choosing) to
+/// `addr`, then one `Heartbeat` call: `Ok` when answered (the connection is left open),
+/// the h2 error of the call or the connection when refused.
+async fn h2_call_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> Result<(), h2::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await?;
+    let conn = tokio::spawn(connection);
+    let call = async {
+        let mut h2 = h2.ready().await?;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://localhost/ensync.EnSyncService/Heartbeat")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(request, true)?;
+        response.await?;
+        Ok::<_, h2::Error>(h2)
+    };
+    let called = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("answered or refused in time");
+    let called = match called {
+        Ok(h2) => {
+            // Keep it open: the caller counts it.
+            std::mem::forget(h2);
+            std::mem::forget(conn);
+            return Ok(());
+        }
+        Err(e) => Err(e),
+    };
+    match conn.await.unwrap() {
+        Err(e) => Err(e),
+        Ok(()) => called,
+    }
+}
+
+/// `max_connections_per_ip`: beyond it a gRPC connection from the same address gets the
+/// `GOAWAY` of the global cap (with its own debug text); another address is served.
+#[tokio::test]
+async fn grpc_connections_over_the_per_ip_cap_get_goaway() {
+    let t = start_with(1, |c| {
+        c.max_connections = 100;
+        c.max_connections_per_ip = 2;
+    })
+    .await;
+    let addr = t.node.grpc_addr();
+    let one: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    h2_call_from(one, addr).await.expect("first");
+    h2_call_from(one, addr).await.expect("second");
+    let err = h2_call_from(one, addr)
+        .await
+        .expect_err("the third from one address is refused");
+    assert!(err.is_go_away(), "{err}");
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // h2 shows the GOAWAY's debug text.
+    assert!(
+        err.to_string().contains("per IP address"),
+        "the debug text names the per-IP cap: {err}"
+    );
+    h2_call_from(other, addr)
+        .await
+        .expect("another address is served");
+    t.node.shutdown().await;
+}
+
+/// `max_connections_per_ip` on the WebSocket endpoint: HTTP 503 from the same address,
+/// another address is served.
+#[tokio::test]
+async fn ws_connections_over_the_per_ip_cap_get_503() {
+    let t = start_with(1, |c| {
+        c.ws_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.max_connections_per_ip = 1;
+    })
+    .await;
+    let addr = t.node.ws_addr().unwrap();
+    let _first = ws_connect(addr).await.expect("first connection");
+    match ws_connect(addr).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("per IP address"), "{body}");
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    tokio_tungstenite::client_async(format!("ws://{addr}/message"), tcp)
+        .await
+        .expect("another address is served");
+    t.node.shutdown().await;
+}
+
+/// The frames a WebSocket client reads until the node closes: the text frames, then the
+/// close code (0: closed without a code).
+async fn ws_exchange(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    requests: &[String],
+    answers: usize,
+) -> (Vec<String>, Option<u16>) {
+    use tokio_tungstenite::tungstenite::Message;
+    for r in requests {
+        ws.send(Message::text(r.clone())).await.unwrap();
+    }
+    let mut texts = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Text(t)) => {
+                    texts.push(t.to_string());
+                    if texts.len() == answers {
+                        return None;
+                    }
+                }
+                Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+                Ok(Message::Close(None)) | Err(_) => return Some(0),
+                Ok(_) => {}
+            }
+        }
+        Some(0)
+    })
+    .await
+    .expect("answered or closed in time");
+    (texts, closed)
+}
+
+fn ws_text(r: &ensync_proto::ws::WsRequest) -> String {
+    r.encode()
+}
+
+/// Issue 13: a WebSocket connection that keeps sending after its logins were refused
+/// (unknown access keys, or requests without a session) is closed with 1008 (policy
+/// violation) after the 16th refusal; each refusal was answered first.
+#[tokio::test]
+async fn ws_refused_logins_close_with_1008() {
+    use ensync_proto::ws::WsRequest;
+    let t = start_with(1, |c| c.ws_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = t.node.ws_addr().unwrap();
+    let bad_conn = ws_text(&WsRequest::Conn {
+        access_key: "not-a-key".into(),
+    });
+    let no_session = ws_text(&WsRequest::Sub {
+        client_id: "nobody".into(),
+        event_name: "x".into(),
+    });
+    for (what, request) in [
+        ("unknown access key", &bad_conn),
+        ("no session", &no_session),
+    ] {
+        let mut ws = ws_connect(addr).await.unwrap();
+        let (texts, closed) = ws_exchange(&mut ws, &vec![request.clone(); 20], 20).await;
+        assert_eq!(closed, Some(1008), "{what}: {texts:?}");
+        assert_eq!(texts.len(), 16, "{what}: every refusal answered: {texts:?}");
+        assert!(
+            texts.iter().all(|t| t.starts_with("-FAIL:")),
+            "{what}: {texts:?}"
+        );
+    }
+    // Fewer refusals, then a login: the count starts again, the connection is served.
+    let mut ws = ws_connect(addr).await.unwrap();
+    let good_conn = ws_text(&WsRequest::Conn {
+        access_key: t.dev.apps[0].access_key.clone(),
+    });
+    let mut requests = vec![bad_conn.clone(); 15];
+    requests.push(good_conn);
+    requests.extend(vec![bad_conn; 15]);
+    let (texts, closed) = ws_exchange(&mut ws, &requests, 31).await;
+    assert_eq!(closed, None, "closed after a login: {texts:?}");
+    assert!(texts[15].starts_with("+PASS:"), "{}", texts[15]);
+    // Requests naming another id on a connection with a session do not count.
+    let (texts, closed) = ws_exchange(&mut ws, &vec![no_session; 20], 20).await;
+    assert_eq!(closed, None, "closed with a session open: {texts:?}");
+    t.node.shutdown().await;
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 use ensync_node::NodeConfig;
 use ensync_node::service::{NodeService, PublishRequest, StreamEnd};
 use ensync_node::store::{
-    NewEvent, PendingEntry, RedbStore, STORE_FILE, Store, StoreError, StoredEvent, WriteOp,
-    WriteOutcome,
+    ACCEPT_ROLLBACK_FLAG, COMMIT_RECORD_FILE, NewEvent, PendingEntry, RedbStore, STORE_FILE, Store,
+    StoreError, StoreOptions, StoredEvent, WriteOp, WriteOutcome,
 };
 use futures::StreamExt as _;
 
@@ -35,22 +35,30 @@ type Contents = (Vec<PendingEntry>, Vec<Option<StoredEvent>>);
 
 const EVENTS: usize = 600;
 
-fn read_all(dir: &Path) -> Result<Contents, StoreError> {
-    let store = RedbStore::open(dir)?;
+fn read_all_with(dir: &Path, options: &StoreOptions) -> Result<Contents, StoreError> {
+    let store = RedbStore::open_with(dir, options)?;
     let pending = store.pending()?;
     let ids: Vec<String> = (0..EVENTS).map(|i| format!("{i:032x}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     Ok((pending, store.events(&ids)?))
 }
 
+fn read_all(dir: &Path) -> Result<Contents, StoreError> {
+    read_all_with(dir, &StoreOptions::default())
+}
+
 /// A store file with 600 events (every fifth acknowledged), as left by a clean stop
 /// (`killed = false`) or by a process killed while it was open (`killed = true`: the
-/// bytes are copied while the database is still open, as SIGKILL would leave them).
-/// A store file and what it holds, at its last commit and at the one before.
+/// bytes are copied while the database is still open, as SIGKILL would leave them),
+/// with its commit record as it was then; what it holds at its last commit and at the
+/// one before; and the file as it was at that commit before (an older copy).
 struct Built {
     bytes: Vec<u8>,
+    record: Vec<u8>,
     now: Contents,
     previous: Contents,
+    older_bytes: Vec<u8>,
+    older_record: Vec<u8>,
 }
 
 fn snapshot(store: &RedbStore) -> Contents {
@@ -59,10 +67,22 @@ fn snapshot(store: &RedbStore) -> Contents {
     (store.pending().unwrap(), store.events(&ids).unwrap())
 }
 
+/// Writes a store file and (when given) its commit record into `dir`.
+fn put(dir: &Path, bytes: Option<&[u8]>, record: Option<&[u8]>) {
+    if let Some(b) = bytes {
+        std::fs::write(dir.join(STORE_FILE), b).unwrap();
+    }
+    if let Some(r) = record {
+        std::fs::write(dir.join(COMMIT_RECORD_FILE), r).unwrap();
+    }
+}
+
 fn build(killed: bool) -> Built {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(dir.path()).unwrap();
     let mut previous = None;
+    let mut older_bytes = Vec::new();
+    let mut older_record = Vec::new();
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(50) {
         let ops: Vec<WriteOp> = chunk.iter().map(|i| WriteOp::Publish(event(*i))).collect();
         let out = store.commit(&ops).unwrap();
@@ -82,27 +102,36 @@ fn build(killed: bool) -> Built {
             })
             .collect();
         previous = Some(snapshot(&store));
+        older_bytes = std::fs::read(dir.path().join(STORE_FILE)).unwrap();
+        older_record = std::fs::read(dir.path().join(COMMIT_RECORD_FILE)).unwrap();
         store.commit(&acks).unwrap();
     }
-    let bytes = if killed {
+    let (bytes, record) = if killed {
         let bytes = std::fs::read(dir.path().join(STORE_FILE)).unwrap();
+        let record = std::fs::read(dir.path().join(COMMIT_RECORD_FILE)).unwrap();
         // Never closed: no clean-shutdown mark (the file lock goes with the process).
         std::mem::forget(store);
-        bytes
+        (bytes, record)
     } else {
         drop(store);
-        std::fs::read(dir.path().join(STORE_FILE)).unwrap()
+        (
+            std::fs::read(dir.path().join(STORE_FILE)).unwrap(),
+            std::fs::read(dir.path().join(COMMIT_RECORD_FILE)).unwrap(),
+        )
     };
     let copy = tempfile::tempdir().unwrap();
-    std::fs::write(copy.path().join(STORE_FILE), &bytes).unwrap();
+    put(copy.path(), Some(&bytes), Some(&record));
     let now = read_all(copy.path()).expect("undamaged store opens");
     assert_eq!(now.0.len(), EVENTS - EVENTS / 5);
     let previous = previous.unwrap();
     assert_ne!(now, previous);
     Built {
         bytes,
+        record,
         now,
         previous,
+        older_bytes,
+        older_record,
     }
 }
 
@@ -123,17 +152,14 @@ enum Outcome {
     Refused(String),
     /// Opened, every event as before.
     Intact,
-    /// Opened as it was one commit earlier: redb's crash recovery, on a file left by a
-    /// crash whose newest commit fails its checksum, falls back to the previous commit
-    /// (it cannot tell damage from a commit torn by the crash). Not fixed: see the node
-    /// README, "Damaged store files".
-    PreviousCommit,
 }
 
-/// Opens `bytes` as a store: must not panic; must be refused or give `expected` back.
-fn open_damaged(bytes: &[u8], built: &Built) -> Outcome {
+/// Opens a store file (none: missing) with a commit record (none: missing): must not
+/// panic; must be refused naming the file, or give every event of `built` back. Any other
+/// contents (e.g. the store as of an earlier commit) fail the test.
+fn open_as(bytes: Option<&[u8]>, record: Option<&[u8]>, built: &Built) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(STORE_FILE), bytes).unwrap();
+    put(dir.path(), bytes, record);
     let got = std::panic::catch_unwind(|| read_all(dir.path()))
         .unwrap_or_else(|_| panic!("the store panicked on a damaged file"));
     match got {
@@ -152,17 +178,23 @@ fn open_damaged(bytes: &[u8], built: &Built) -> Outcome {
                     .len()
                     > 0
             );
-            if contents == built.now {
-                Outcome::Intact
-            } else {
-                assert!(
-                    contents == built.previous,
-                    "a damaged store opened with other contents"
-                );
-                Outcome::PreviousCommit
-            }
+            assert!(
+                contents == built.now,
+                "a damaged store opened with other contents{}",
+                if contents == built.previous {
+                    " (as of its previous commit)"
+                } else {
+                    ""
+                }
+            );
+            Outcome::Intact
         }
     }
+}
+
+/// Opens damaged file bytes with the store's commit record.
+fn open_damaged(bytes: &[u8], built: &Built) -> Outcome {
+    open_as(Some(bytes), Some(&built.record), built)
 }
 
 fn flip(b: &mut [u8], at: usize, n: usize) {
@@ -224,32 +256,200 @@ fn kinds() -> Vec<(&'static str, bool, Damage)> {
     v
 }
 
+/// The short form of an outcome for the table.
+fn row(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Intact => "opens, every event intact".to_owned(),
+        Outcome::Refused(why) if why.contains("older than its last completed commit") => {
+            "refused: older than its last completed commit".to_owned()
+        }
+        Outcome::Refused(why) => format!("refused: {}", why.chars().take(100).collect::<String>()),
+    }
+}
+
 /// Every kind of damage: no panic, a clean refusal naming the file or the same events
 /// as before. Prints the table of the node README ("Damaged store files").
 #[test]
 fn damaged_store_files_are_refused_or_intact() {
     let kinds = kinds();
     assert_eq!(kinds.len(), 22);
-    let mut rolled_back = Vec::new();
     for (name, after_kill, damage) in kinds {
         let built = if after_kill { killed() } else { clean() };
         let mut bytes = built.bytes.clone();
         damage(&mut bytes);
         let outcome = open_damaged(&bytes, built);
         let stop = if after_kill { "SIGKILL" } else { "clean stop" };
-        println!("| {name} | {stop} | {outcome:?} |");
-        if outcome == Outcome::PreviousCommit {
-            rolled_back.push(format!("{name} after {stop}"));
+        println!("| {name} | {stop} | {} |", row(&outcome));
+        if name == "commit slot flipped (root page)" && after_kill {
+            // redb's crash recovery falls back to the previous commit, silently (it
+            // cannot tell damage from a commit torn by the crash); the commit record
+            // shows that commit had completed. Opened as of the previous commit before.
+            let Outcome::Refused(why) = &outcome else {
+                panic!("{name} after {stop}: {outcome:?}")
+            };
+            assert!(
+                why.contains("older than its last completed commit"),
+                "{why}"
+            );
+            assert!(why.contains(COMMIT_RECORD_FILE), "{why}");
+            assert!(why.contains(ACCEPT_ROLLBACK_FLAG), "{why}");
         }
     }
-    // The one known case (README, "Damaged store files"): after a crash, damage to the
-    // newest commit makes redb fall back to the previous one, silently. Any other case
-    // that opens the file as it was before the last commit fails here.
-    assert_eq!(
-        rolled_back,
-        vec!["commit slot flipped (root page) after SIGKILL".to_owned()],
-        "opened as of the previous commit"
-    );
+}
+
+/// The commit record against the file: a record behind the file or missing is accepted
+/// (the file is the newest state known); a record ahead of the file (an older copy of
+/// the file, or a missing file) or unreadable is refused. Prints the second table of
+/// the node README.
+#[test]
+fn the_commit_record_refuses_older_or_missing_files() {
+    let c = clean();
+    let k = killed();
+    let mut damaged = c.record.clone();
+    damaged[30] ^= 0x01;
+    // The record of the commit before: as after a power loss that lost the last record
+    // write (never fsynced), or a crash between a commit and its record write.
+    let behind = &c.older_record;
+    // (case, file, record, what it held, whether it opens)
+    type Case<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>, &'a Built, bool);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "no commit record (a store from before it)",
+            Some(&c.bytes),
+            None,
+            c,
+            true,
+        ),
+        (
+            "commit record behind the file",
+            Some(&c.bytes),
+            Some(behind),
+            c,
+            true,
+        ),
+        (
+            "SIGKILL, commit record as left",
+            Some(&k.bytes),
+            Some(&k.record),
+            k,
+            true,
+        ),
+        (
+            "an older copy of the file",
+            Some(&c.older_bytes),
+            Some(&c.record),
+            c,
+            false,
+        ),
+        (
+            "file missing, commit record kept",
+            None,
+            Some(&c.record),
+            c,
+            false,
+        ),
+        (
+            "commit record with one bit flipped",
+            Some(&c.bytes),
+            Some(&damaged),
+            c,
+            false,
+        ),
+        (
+            "commit record truncated to 0 bytes",
+            Some(&c.bytes),
+            Some(&[]),
+            c,
+            false,
+        ),
+    ];
+    for (name, bytes, record, built, opens) in cases {
+        let outcome = open_as(bytes, record, built);
+        println!("| {name} | {} |", row(&outcome));
+        match &outcome {
+            Outcome::Intact => assert!(opens, "{name}: opened"),
+            Outcome::Refused(why) => {
+                assert!(!opens, "{name}: {why}");
+                assert!(why.contains(COMMIT_RECORD_FILE), "{name}: {why}");
+                assert!(why.contains(ACCEPT_ROLLBACK_FLAG), "{name}: {why}");
+            }
+        }
+    }
+}
+
+/// A store refused as older than its commit record opens with the acceptance option, as
+/// of the commit it holds (never other contents); the record is rewritten, so the next
+/// open needs no option.
+#[test]
+fn an_older_store_opens_when_accepted_and_the_record_follows() {
+    let k = killed();
+    let mut bytes = k.bytes.clone();
+    flip(&mut bytes, 72, 8); // commit slot 0: redb falls back to the previous commit
+    let c = clean();
+    for (bytes, record, built) in [(&bytes, &k.record, k), (&c.older_bytes, &c.record, c)] {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), Some(bytes), Some(record));
+        assert!(read_all(dir.path()).is_err(), "refused without the option");
+        let accepted = read_all_with(
+            dir.path(),
+            &StoreOptions::default().with_accept_rollback(true),
+        )
+        .expect("opens when accepted");
+        assert_eq!(accepted, built.previous, "opened as of the commit it holds");
+        assert_eq!(
+            read_all(dir.path()).unwrap(),
+            built.previous,
+            "no option needed again"
+        );
+    }
+    // A missing file with a record: an empty store, only when accepted.
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), None, Some(&k.record));
+    assert!(read_all(dir.path()).is_err());
+    assert!(!dir.path().join(STORE_FILE).exists(), "nothing created");
+    let (pending, _) = read_all_with(
+        dir.path(),
+        &StoreOptions::default().with_accept_rollback(true),
+    )
+    .unwrap();
+    assert!(pending.is_empty());
+    assert!(read_all(dir.path()).is_ok());
+}
+
+/// The commit record follows every commit, so a store copied at any point (as a kill
+/// would leave it) with its record opens with exactly what was committed, and an older
+/// copy of the file put back under a newer record is refused.
+#[test]
+fn the_commit_record_follows_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let mut copies = Vec::new();
+    for i in 0..20 {
+        store.commit(&[WriteOp::Publish(event(i))]).unwrap();
+        copies.push((
+            std::fs::read(dir.path().join(STORE_FILE)).unwrap(),
+            std::fs::read(dir.path().join(COMMIT_RECORD_FILE)).unwrap(),
+            store.pending().unwrap(),
+        ));
+    }
+    let newest_record = &copies.last().unwrap().1;
+    for (i, (bytes, record, pending)) in copies.iter().enumerate() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), Some(bytes), Some(record));
+        assert_eq!(
+            &RedbStore::open(d.path()).unwrap().pending().unwrap(),
+            pending
+        );
+        if i + 1 < copies.len() {
+            let d = tempfile::tempdir().unwrap();
+            put(d.path(), Some(bytes), Some(newest_record));
+            let err = RedbStore::open(d.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("older than its last completed commit"),
+                "{i}: {err}"
+            );
+        }
+    }
 }
 
 proptest::proptest! {
@@ -259,9 +459,10 @@ proptest::proptest! {
         ..proptest::prelude::ProptestConfig::default()
     })]
     /// Random damage (bytes flipped at a random place, or a random truncation) to a
-    /// store after a clean stop or a kill: never a panic; a refusal or the same events.
+    /// store after a clean stop or a kill: never a panic; a refusal or exactly the same
+    /// events (`open_damaged` fails on any other contents, an earlier commit's included).
     #[test]
-    fn randomly_damaged_store_files_never_panic(
+    fn randomly_damaged_store_files_are_refused_or_intact(
         after_kill in proptest::bool::ANY,
         at in 0.0f64..1.0,
         len in 1usize..512,
@@ -279,13 +480,9 @@ proptest::proptest! {
                 *b ^= xor;
             }
         }
-        let outcome = open_damaged(&bytes, built);
-        // Falling back to the previous commit is redb's crash recovery: only for a file
-        // left by a crash (the known case above).
-        proptest::prop_assert!(
-            outcome != Outcome::PreviousCommit || after_kill,
-            "a cleanly closed store opened as of its previous commit"
-        );
+        // Fails (panics) on a panic of the store, on a refusal that does not name the
+        // file, and on any contents but the same events.
+        open_damaged(&bytes, built);
     }
 }
 
@@ -361,6 +558,94 @@ fn the_binary_refuses_damaged_store_files_with_exit_code_1() {
             bytes.len()
         );
     }
+}
+
+/// How a run of `ensync node` went: it printed its ready line (then it was killed), or it
+/// exited first with this code and stderr.
+#[derive(Debug)]
+enum Run {
+    Ready,
+    Exited(Option<i32>, String),
+}
+
+fn run_node(config: &Path, extra: &[&str]) -> Run {
+    use std::io::{BufRead as _, Read as _};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ensync"))
+        .args(["node", "--config", config.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("ensync node ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if rx.try_recv().is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Run::Ready;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            return Run::Exited(status.code(), stderr);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node neither got ready nor exited in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ensync node` on a store file older than its commit record (here: an older copy of
+/// the file put back) exits with code 1 and a message naming the file, the record and
+/// the flag that accepts it; with `--accept-store-rollback` it serves, and later starts
+/// need no flag.
+#[test]
+fn the_binary_refuses_an_older_store_until_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    put(&data, Some(&clean().older_bytes), Some(&clean().record));
+    let Run::Exited(code, stderr) = run_node(&config, &[]) else {
+        panic!("the node started on a store older than its commit record");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    let ours = stderr
+        .lines()
+        .find(|l| l.starts_with("ensync: "))
+        .unwrap_or_else(|| panic!("no message: {stderr}"));
+    println!("{ours}");
+    for part in [
+        STORE_FILE,
+        COMMIT_RECORD_FILE,
+        "older than its last completed commit",
+        "--accept-store-rollback",
+    ] {
+        assert!(ours.contains(part), "{part} not in: {ours}");
+    }
+    assert!(matches!(
+        run_node(&config, &["--accept-store-rollback"]),
+        Run::Ready
+    ));
+    assert!(matches!(run_node(&config, &[]), Run::Ready));
+    // What was accepted is the older copy's queue, exactly.
+    let pending = RedbStore::open(&data).unwrap().pending().unwrap();
+    assert_eq!(pending, clean().previous.0);
 }
 
 /// A store whose reads of some ids fail: with `Corrupt` (a record that cannot be

@@ -30,6 +30,8 @@ pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 pub const MIN_STORE_CACHE_BYTES: usize = 1024 * 1024;
 /// Default cap on open connections, per endpoint (gRPC, WebSocket).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default cap on open connections from one IP address, per endpoint.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Default HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` the gRPC endpoint advertises.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Default number of gRPC requests of one connection whose request message is being
@@ -119,9 +121,14 @@ pub struct NodeConfig {
     pub store_cache_bytes: usize,
     /// Most open connections per endpoint (gRPC and WebSocket each). Beyond it a new
     /// gRPC connection gets an HTTP/2 `GOAWAY` (`ENHANCE_YOUR_CALM`, debug text
-    /// "connection limit reached") and is closed (over TLS it is closed before the TLS
-    /// handshake); a WebSocket upgrade gets HTTP 503. Each refusal is logged.
+    /// "connection limit reached") and is closed (over TLS after the TLS handshake); a
+    /// WebSocket upgrade gets HTTP 503. Each refusal is logged.
     pub max_connections: usize,
+    /// Most open connections from one IP address per endpoint (IPv4-mapped IPv6
+    /// addresses count as their IPv4 address), so one peer cannot take every place of
+    /// `max_connections`. Refused as beyond `max_connections`. Raise it when many clients
+    /// share an address (a proxy, a NAT).
+    pub max_connections_per_ip: usize,
     /// The HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of the gRPC endpoint: most open
     /// streams (calls, subscriptions included) per connection.
     pub max_concurrent_streams: u32,
@@ -151,6 +158,13 @@ pub struct NodeConfig {
     /// The apps allowed to connect (the bootstrap: apps made through the admin API are
     /// kept in the store and come on top of these).
     pub apps: Vec<AppConfig>,
+    /// Open the store even when it is older than its commit record says (completed
+    /// commits missing), its record is unreadable, or its file is missing while its record
+    /// exists (see [`crate::store::StoreOptions::accept_rollback`]). Never read from nor
+    /// written to the config file: a one-time decision, `ensync node
+    /// --accept-store-rollback`. Default `false`.
+    #[serde(skip)]
+    pub accept_store_rollback: bool,
 }
 
 /// A secret string of the configuration: `Debug` shows `<redacted>`, zeroized on drop.
@@ -208,7 +222,9 @@ impl Default for NodeConfig {
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             admin_listen: None,
             admin_key: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             apps: Vec::new(),
+            accept_store_rollback: false,
         }
     }
 }
@@ -416,6 +432,7 @@ impl NodeConfig {
         }
         for (field, value) in [
             ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
             (
                 "max_concurrent_streams",
                 u64::from(self.max_concurrent_streams),
@@ -592,5 +609,30 @@ mod tests {
         assert_eq!(back.store_cache_bytes, 8 * 1024 * 1024);
         let err = NodeConfig::from_toml_str("store_cache_bytes = 1000").unwrap_err();
         assert!(err.to_string().contains("store_cache_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_rollback_flag_is_never_read_from_the_file() {
+        let c = NodeConfig::from_toml_str("data_dir = \"/tmp/x\"").unwrap();
+        assert!(!c.accept_store_rollback);
+        // Set in code (or by `ensync node --accept-store-rollback`), never in the file.
+        let mut c = NodeConfig::new("/tmp/x");
+        c.accept_store_rollback = true;
+        let text = c.to_toml_string().unwrap();
+        assert!(!text.contains("accept_store_rollback"), "{text}");
+        let err = NodeConfig::from_toml_str("accept_store_rollback = true").unwrap_err();
+        assert!(err.to_string().contains("accept_store_rollback"), "{err}");
+    }
+
+    #[test]
+    fn per_ip_cap() {
+        let c = NodeConfig::from_toml_str("data_dir = \"/tmp/x\"").unwrap();
+        assert_eq!(c.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
+        let c = NodeConfig::from_toml_str("max_connections_per_ip = 3").unwrap();
+        assert_eq!(c.max_connections_per_ip, 3);
+        let back = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back.max_connections_per_ip, 3);
+        let err = NodeConfig::from_toml_str("max_connections_per_ip = 0").unwrap_err();
+        assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
     }
 }

@@ -14,8 +14,9 @@
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
 //!   method per operation);
 //! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;
-//! - [`limits`]: the connection cap and handshake deadline on the gRPC endpoint's sockets
-//!   (the other bounds are settings of the HTTP/2 server; the node README, "Limits");
+//! - [`limits`]: the connection caps (in total and per IP address, both endpoints) and
+//!   the handshake deadline on the gRPC endpoint's sockets (the other bounds are settings
+//!   of the HTTP/2 server; the node README, "Limits");
 //! - [`ws`]: the WebSocket endpoint (`/message`, PROTOCOL.md section 3) over the same
 //!   service, when `ws_listen` is set;
 //! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
@@ -144,10 +145,22 @@ impl Node {
             (Some(_), Some(cert), Some(key)) => Some(ws::tls_config(cert, key)?),
             _ => None,
         };
+        // The TLS of the gRPC connections refused over the cap: they complete a TLS
+        // handshake (ALPN h2, as tonic's) so they can be told why with a GOAWAY.
+        let refusal_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let mut tls = (*ws::tls_config(cert, key)?).clone();
+                tls.alpn_protocols = vec![b"h2".to_vec()];
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+            }
+            _ => None,
+        };
 
-        let store = Arc::new(store::RedbStore::open_with_cache(
+        let store = Arc::new(store::RedbStore::open_with(
             &config.data_dir,
-            config.store_cache_bytes,
+            &store::StoreOptions::default()
+                .with_cache_bytes(config.store_cache_bytes)
+                .with_accept_rollback(config.accept_store_rollback),
         )?);
         let service = NodeService::new(&config, store)?;
         if let Err(e) = service.load_admin_records().await {
@@ -197,26 +210,38 @@ impl Node {
             }
             None => None,
         };
-        let limit = limits::ConnLimit::new(config.max_connections);
+        let limit = limits::ConnLimit::new(config.max_connections, config.max_connections_per_ip);
+        let refusals = limits::ConnLimit::new(limits::MAX_REFUSALS_IN_PROGRESS, usize::MAX);
         let handshake = Duration::from_millis(config.handshake_timeout_ms);
-        let plaintext = config.tls_cert.is_none();
         let incoming =
             tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |s| {
                 let accepted = match s {
                     Ok(tcp) => {
                         let _ = tcp.set_nodelay(true);
-                        match limit.try_acquire() {
-                            Some(permit) => {
-                                Some(Ok(limits::GuardedIo::new(tcp, handshake, permit)))
-                            }
-                            None => {
-                                tracing::warn!(
-                                    peer = ?tcp.peer_addr().ok(),
-                                    max_connections = limit.max(),
-                                    "gRPC connection refused: connection limit reached"
-                                );
-                                if plaintext {
-                                    tokio::spawn(limits::refuse_h2(tcp));
+                        let peer = tcp.peer_addr().ok();
+                        match limit.try_acquire(peer.map(|p| p.ip())) {
+                            Ok(permit) => Some(Ok(limits::GuardedIo::new(tcp, handshake, permit))),
+                            Err(why) => {
+                                limits::log_refusal("gRPC", peer, why, &limit);
+                                // Beyond the refusals in progress: closed unanswered.
+                                if let Ok(slot) = refusals.try_acquire(None) {
+                                    let tls = refusal_tls.clone();
+                                    tokio::spawn(async move {
+                                        let _slot = slot;
+                                        match tls {
+                                            None => limits::refuse_h2(tcp, why.text()).await,
+                                            Some(tls) => {
+                                                let accepted = tokio::time::timeout(
+                                                    handshake,
+                                                    tls.accept(tcp),
+                                                )
+                                                .await;
+                                                if let Ok(Ok(tls)) = accepted {
+                                                    limits::refuse_h2(tls, why.text()).await;
+                                                }
+                                            }
+                                        }
+                                    });
                                 }
                                 None
                             }

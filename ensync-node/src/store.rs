@@ -10,9 +10,18 @@
 //! kept for replay until the retention window passes; while not acknowledged nor discarded
 //! it is also *pending* in its queue `(recipient, event name)` under its `partition_block`,
 //! with the time it is due (0 = now, later when deferred).
+//!
+//! Every commit also counts itself: a counter in the file, incremented by each write
+//! transaction, and copied after each completed commit to a small *commit record* next to
+//! the file ([`COMMIT_RECORD_FILE`]). A store file whose counter is behind its record has
+//! lost commits that had completed (a damaged file that redb's crash recovery rolled back,
+//! an older copy put in its place) and is refused at open ([`StoreOptions::accept_rollback`]
+//! accepts it once, explicitly).
 
+use std::fs::File;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -27,9 +36,21 @@ const BLOCKS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("blo
 const BY_TIME: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("by_time");
 /// The node's own records (apps made through the admin API): key -> value.
 const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
+/// Store-wide values: [`COMMITS`] -> write transactions committed so far.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// The key of the commit counter in [`META`].
+const COMMITS: &str = "commits";
 
 /// The store's file name in the data directory.
 pub const STORE_FILE: &str = "events.redb";
+
+/// The commit record's file name in the data directory, next to [`STORE_FILE`]: the
+/// number of the store's last completed commit, rewritten in place after every commit.
+pub const COMMIT_RECORD_FILE: &str = "events.redb.commit";
+
+/// The flag of `ensync node` that accepts a store older than its commit record (named in
+/// the refusal).
+pub const ACCEPT_ROLLBACK_FLAG: &str = "--accept-store-rollback";
 
 /// The most events one purge operation removes (keeps commits short).
 const PURGE_LIMIT: usize = 10_000;
@@ -238,10 +259,154 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// [`Store`] on an embedded redb database (`events.redb` in the data directory).
+/// How [`RedbStore::open_with`] opens a store.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// The page cache in bytes (read and write cache together; redb's own default would
+    /// be 1 GiB). Default: [`crate::config::DEFAULT_STORE_CACHE_BYTES`].
+    pub cache_bytes: usize,
+    /// Open the store even when it is older than its commit record says (commits that
+    /// had completed are missing), or when the record is unreadable, or when the file is
+    /// missing but a record exists (then an empty store is created); the record is then
+    /// rewritten for the state opened. Default `false`: such a store is refused. A
+    /// one-time decision of the operator (`ensync node --accept-store-rollback`).
+    pub accept_rollback: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: crate::config::DEFAULT_STORE_CACHE_BYTES,
+            accept_rollback: false,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The defaults with this page cache size.
+    pub fn with_cache_bytes(mut self, cache_bytes: usize) -> Self {
+        self.cache_bytes = cache_bytes;
+        self
+    }
+
+    /// The defaults, accepting (or not) a store older than its commit record.
+    pub fn with_accept_rollback(mut self, accept: bool) -> Self {
+        self.accept_rollback = accept;
+        self
+    }
+}
+
+/// [`Store`] on an embedded redb database (`events.redb` in the data directory), with its
+/// commit record (`events.redb.commit`).
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    record: Mutex<CommitRecord>,
+}
+
+/// The open commit record file and the highest count written to it.
+struct CommitRecord {
+    file: File,
+    written: u64,
+    /// Whether a failed write was logged (logged once; a record that stays behind only
+    /// misses a rollback, it never refuses a good store).
+    failed: bool,
+}
+
+/// The text of the commit record for `commits`: fixed length, so it is rewritten in place
+/// with one write; the check value tells a damaged record from a good one.
+fn record_text(commits: u64) -> String {
+    format!(
+        "ensync store commits {commits:020} check {:016x}\n",
+        record_check(commits)
+    )
+}
+
+/// FNV-1a (64 bit) of the counter's bytes and a tag: a check value, not a security measure.
+fn record_check(commits: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"ensync-commits".iter().chain(commits.to_le_bytes().iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads a commit record: `Ok(None)` when there is none, `Err(why)` when it exists but is
+/// not one this store wrote.
+fn read_record(path: &Path) -> Result<Option<u64>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    let parse = || -> Option<u64> {
+        let text = std::str::from_utf8(&bytes).ok()?;
+        let rest = text.strip_prefix("ensync store commits ")?;
+        let (count, rest) = rest.split_at_checked(20)?;
+        let check = rest.strip_prefix(" check ")?.strip_suffix('\n')?;
+        let commits: u64 = count.parse().ok()?;
+        (check.len() == 16 && u64::from_str_radix(check, 16).ok()? == record_check(commits))
+            .then_some(commits)
+    };
+    parse()
+        .map(Some)
+        .ok_or_else(|| format!("not a valid commit record ({} bytes)", bytes.len()))
+}
+
+/// Writes the record in place: one positioned write, no `fsync` (a record that is stale
+/// after a power loss is behind the file, which is accepted).
+fn write_record_at_start(file: &File, text: &[u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt as _;
+        file.write_all_at(text, 0)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Seek as _, Write as _};
+        let mut file = file;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(text)
+    }
+}
+
+/// Creates (or replaces) the record with `commits`, durably: a temporary file written and
+/// fsynced, renamed over the record, the directory fsynced. Returns the record, open for
+/// the in-place writes of later commits.
+fn create_record(path: &Path, commits: u64) -> std::io::Result<File> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("commit.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(record_text(commits).as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    std::fs::OpenOptions::new().write(true).open(path)
+}
+
+/// The commit counter in the file (0 for a store from before the counter).
+fn file_commits(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    match txn.open_table(META) {
+        Ok(t) => Ok(t.get(COMMITS)?.map(|g| g.value()).unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Increments the commit counter inside `txn`; returns the new count.
+fn count_commit(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let n = meta.get(COMMITS)?.map(|g| g.value()).unwrap_or(0) + 1;
+    meta.insert(COMMITS, n)?;
+    Ok(n)
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -251,20 +416,33 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in `dir`, with the default page cache
-    /// ([`crate::config::DEFAULT_STORE_CACHE_BYTES`]).
+    /// Opens (or creates) the store in `dir`, with the default [`StoreOptions`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, crate::config::DEFAULT_STORE_CACHE_BYTES)
+        Self::open_with(dir, &StoreOptions::default())
     }
 
-    /// Opens the store in `dir` ([`STORE_FILE`]) with a page cache of `cache_bytes` (read
-    /// and write cache together; redb's own default would be 1 GiB).
+    /// Opens the store in `dir` with a page cache of `cache_bytes` (otherwise the default
+    /// [`StoreOptions`]).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::open_with(dir, &StoreOptions::default().with_cache_bytes(cache_bytes))
+    }
+
+    /// Opens the store in `dir` ([`STORE_FILE`], with its [`COMMIT_RECORD_FILE`]).
     ///
     /// A new, empty store is created only where no file exists. An existing file is
     /// opened and its integrity checked (every page checksum: this reads the whole file
     /// once); one that is empty, unreadable, damaged or of another format is an error
     /// naming the file ([`StoreError::File`]), never replaced nor a panic.
-    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+    ///
+    /// Then the file's commit counter is compared with the commit record. Refused unless
+    /// [`StoreOptions::accept_rollback`]: a file behind its record (completed commits are
+    /// missing), a record that exists but is unreadable, a missing file whose record
+    /// exists. Accepted: a record behind the file (the last commits completed but their
+    /// record writes did not reach the disk), no record (a store from before the record,
+    /// or a new one: it is created).
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let cache_bytes = options.cache_bytes;
+        let accept = options.accept_rollback;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::File {
             path: dir.to_owned(),
             reason: format!("cannot create the data directory: {e}"),
@@ -279,7 +457,8 @@ impl RedbStore {
             Ok(m) if m.len() == 0 => {
                 return Err(refuse(
                     "the file is empty (0 bytes), so its events are gone; the node does not \
-                     start an empty store in its place: move the file away to start anew"
+                     start an empty store in its place: move the file and its commit record \
+                     away to start anew"
                         .into(),
                 ));
             }
@@ -294,6 +473,40 @@ impl RedbStore {
                 .write(true)
                 .open(&path)
                 .map_err(|e| refuse(format!("cannot open it for reading and writing: {e}")))?;
+        }
+        let record_path = dir.join(COMMIT_RECORD_FILE);
+        let how_to_accept = format!(
+            "to accept the store as it is, start the node once with {ACCEPT_ROLLBACK_FLAG} \
+             (or delete {})",
+            record_path.display()
+        );
+        let record = match read_record(&record_path) {
+            Ok(r) => r,
+            Err(why) if accept => {
+                tracing::warn!(record = %record_path.display(), %why,
+                    "the store's commit record is unreadable; accepted ({ACCEPT_ROLLBACK_FLAG})");
+                None
+            }
+            Err(why) => {
+                return Err(refuse(format!(
+                    "its commit record {} is unreadable ({why}), so the node cannot tell \
+                     whether the store lost completed commits; {how_to_accept}",
+                    record_path.display()
+                )));
+            }
+        };
+        if let (false, Some(n)) = (exists, record) {
+            if !accept {
+                return Err(refuse(format!(
+                    "the file is missing but its commit record {} says {n} commits were \
+                     completed: its events are gone (moved or deleted?); put the file back, \
+                     or, to start an empty store, start the node once with \
+                     {ACCEPT_ROLLBACK_FLAG} (or delete the record)",
+                    record_path.display()
+                )));
+            }
+            tracing::warn!(file = %path.display(), recorded = n,
+                "the store file is missing; an empty store is created ({ACCEPT_ROLLBACK_FLAG})");
         }
         let mut builder = Database::builder();
         builder.set_cache_size(cache_bytes);
@@ -313,29 +526,91 @@ impl RedbStore {
                      back to its last intact commit; events of the damaged commit may be lost"
                 );
             }
+            let in_file = file_commits(&db)?;
+            match record {
+                Some(recorded) if recorded > in_file && !accept => {
+                    return Err(refuse(format!(
+                        "the file is older than its last completed commit: it holds {in_file} \
+                         commits, its commit record {} says {recorded} completed, so the writes \
+                         of the last {} of them (publishes and acks already answered) are \
+                         missing (a damaged file rolled back by the database's crash recovery, \
+                         or an older copy of the file); {how_to_accept}",
+                        record_path.display(),
+                        recorded - in_file
+                    )));
+                }
+                Some(recorded) if recorded > in_file => {
+                    tracing::warn!(file = %path.display(), in_file, recorded,
+                        "the store is older than its commit record; accepted \
+                         ({ACCEPT_ROLLBACK_FLAG}): the writes of the missing commits are lost");
+                }
+                Some(_) => {}
+                None if exists => tracing::info!(record = %record_path.display(),
+                    "the store has no commit record yet; creating it"),
+                None => {}
+            }
             let txn = db.begin_write()?;
-            {
+            let commits = {
                 txn.open_table(EVENTS)?;
                 txn.open_table(PENDING)?;
                 txn.open_table(BLOCKS)?;
                 txn.open_table(BY_TIME)?;
                 txn.open_table(RECORDS)?;
-            }
+                count_commit(&txn)?
+            };
             txn.commit()?;
-            Ok(db)
+            Ok((db, commits))
         })
         .map_err(|e| match e {
             StoreError::File { .. } => e,
             StoreError::Db(reason) | StoreError::Damaged(reason) => refuse(reason),
             other => refuse(other.to_string()),
         })?;
-        Ok(Self { db, path })
+        let (db, commits) = db;
+        let file = create_record(&record_path, commits).map_err(|e| StoreError::File {
+            path: record_path.clone(),
+            reason: format!("cannot write the store's commit record: {e}"),
+        })?;
+        Ok(Self {
+            db,
+            path,
+            record: Mutex::new(CommitRecord {
+                file,
+                written: commits,
+                failed: false,
+            }),
+        })
+    }
+
+    /// Writes `commits` (a commit that completed) to the record, unless a higher count
+    /// is there already.
+    fn record_commit(&self, commits: u64) {
+        let mut rec = self
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if commits <= rec.written {
+            return;
+        }
+        match write_record_at_start(&rec.file, record_text(commits).as_bytes()) {
+            Ok(()) => rec.written = commits,
+            Err(e) => {
+                if !rec.failed {
+                    rec.failed = true;
+                    tracing::error!(error = %e, file = COMMIT_RECORD_FILE,
+                        "cannot update the store's commit record; a later rollback of the \
+                         store would go undetected");
+                }
+            }
+        }
     }
 }
 
 impl Store for RedbStore {
     fn commit(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
-        contain("committing", || self.commit_inner(ops))
+        let (out, commits) = contain("committing", || self.commit_inner(ops))?;
+        self.record_commit(commits);
+        Ok(out)
     }
 
     fn pending(&self) -> Result<Vec<PendingEntry>, StoreError> {
@@ -371,10 +646,12 @@ impl Store for RedbStore {
 }
 
 impl RedbStore {
-    fn commit_inner(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+    /// Commits `ops`; returns their outcomes and the commit's number.
+    fn commit_inner(&self, ops: &[WriteOp]) -> Result<(Vec<WriteOutcome>, u64), StoreError> {
         let mut txn = self.db.begin_write()?;
         // redb's default, spelled out: the commit returns once the data is fsynced.
         txn.set_durability(Durability::Immediate)?;
+        let commits = count_commit(&txn)?;
         let mut out = Vec::with_capacity(ops.len());
         {
             let mut events = txn.open_table(EVENTS)?;
@@ -466,7 +743,7 @@ impl RedbStore {
             }
         }
         txn.commit()?;
-        Ok(out)
+        Ok((out, commits))
     }
 
     fn for_each_pending_inner(&self, f: &mut dyn FnMut(PendingEntry)) -> Result<(), StoreError> {

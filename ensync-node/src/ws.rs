@@ -20,6 +20,11 @@
 //!   it is closed. Any frame also keeps the connection's sessions alive;
 //! - a malformed frame gets `-FAIL:<reason>` and the connection goes on; nothing a client
 //!   sends affects other connections;
+//! - close codes: 1007 for a text frame that is not UTF-8, 1009 for a frame or message over
+//!   the size limit, 1002 for another protocol error, 1008 after [`MAX_REFUSED_LOGINS`]
+//!   refused logins (unknown access keys, or requests without a session while the
+//!   connection holds none), 1001 for a silent connection or an ended session, 1012 when
+//!   the node shuts down;
 //! - when the connection closes, its sessions end: their unacknowledged events go back to
 //!   their queues for redelivery.
 //!
@@ -63,8 +68,11 @@ pub const MAX_PIPELINE: usize = 64;
 pub const OUT_QUEUE: usize = 64;
 /// Most sessions (`CONN`s) one connection may open.
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 8;
-/// How long the TLS and WebSocket handshakes of a new connection may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused logins a connection may make: after this many `CONN`s with an unknown access
+/// key, or requests refused as not authenticated while the connection holds no session,
+/// with no successful `CONN` in between, the connection is closed with 1008 (policy
+/// violation) once the last refusal is sent.
+pub const MAX_REFUSED_LOGINS: usize = 16;
 /// The delay `ROLLBACK` defers an event by (the shortest the node accepts).
 const ROLLBACK_DELAY_MS: i64 = 1000;
 
@@ -74,7 +82,11 @@ struct Settings {
     ping_interval: Duration,
     misses: u32,
     max_message: usize,
+    /// The TLS handshake and the WebSocket upgrade must each complete within it.
+    handshake: Duration,
     connections: crate::limits::ConnLimit,
+    /// Refusals of over-cap connections in progress.
+    refusals: crate::limits::ConnLimit,
 }
 
 /// A bound, serving WebSocket endpoint.
@@ -105,7 +117,15 @@ impl WsEndpoint {
                 .max_payload_bytes
                 .saturating_add(config.max_metadata_bytes.saturating_mul(2))
                 .saturating_add(64 * 1024),
-            connections: crate::limits::ConnLimit::new(config.max_connections),
+            handshake: Duration::from_millis(config.handshake_timeout_ms),
+            connections: crate::limits::ConnLimit::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
+            refusals: crate::limits::ConnLimit::new(
+                crate::limits::MAX_REFUSALS_IN_PROGRESS,
+                usize::MAX,
+            ),
         });
         let (stop, stop_rx) = watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -194,20 +214,27 @@ async fn accept_loop(
                 };
                 let _ = tcp.set_nodelay(true);
                 let tls = tls.clone();
-                let Some(permit) = settings.connections.try_acquire() else {
-                    tracing::warn!(%peer, max_connections = settings.connections.max(),
-                        "WebSocket connection refused: connection limit reached");
-                    tokio::spawn(async move {
-                        match tls {
-                            Some(tls) => {
-                                if let Ok(Ok(s)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                                    refuse(s).await;
+                let permit = match settings.connections.try_acquire(Some(peer.ip())) {
+                    Ok(permit) => permit,
+                    Err(why) => {
+                        crate::limits::log_refusal("WebSocket", Some(peer), why, &settings.connections);
+                        // Beyond the refusals in progress: closed unanswered.
+                        if let Ok(slot) = settings.refusals.try_acquire(None) {
+                            let handshake = settings.handshake;
+                            tokio::spawn(async move {
+                                let _slot = slot;
+                                match tls {
+                                    Some(tls) => {
+                                        if let Ok(Ok(s)) = tokio::time::timeout(handshake, tls.accept(tcp)).await {
+                                            refuse(s, why.text(), handshake).await;
+                                        }
+                                    }
+                                    None => refuse(tcp, why.text(), handshake).await,
                                 }
-                            }
-                            None => refuse(tcp).await,
+                            });
                         }
-                    });
-                    continue;
+                        continue;
+                    }
                 };
                 let service = service.clone();
                 let settings = settings.clone();
@@ -216,7 +243,7 @@ async fn accept_loop(
                     let _permit = permit;
                     match tls {
                         Some(tls) => {
-                            let tls_stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
+                            let tls_stream = tokio::time::timeout(settings.handshake, tls.accept(tcp)).await;
                             match tls_stream {
                                 Ok(Ok(s)) => handshake(s, peer, service, settings, stop).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -246,14 +273,15 @@ fn is_message_path(path: &str) -> bool {
     path.trim_matches('/') == "message"
 }
 
-/// Answers a WebSocket upgrade over the connection cap with HTTP 503 (`Retry-After: 1`).
-async fn refuse<S>(stream: S)
+/// Answers a WebSocket upgrade over the connection cap with HTTP 503 (`Retry-After: 1`,
+/// `text` as the body).
+async fn refuse<S>(stream: S, text: &'static str, handshake: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     #[allow(clippy::result_large_err)]
     let check = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
-        let mut refusal = ErrorResponse::new(Some(crate::limits::CONNECTION_LIMIT_TEXT.into()));
+        let mut refusal = ErrorResponse::new(Some(text.into()));
         *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         refusal.headers_mut().insert(
             "retry-after",
@@ -262,7 +290,7 @@ where
         Err(refusal)
     };
     let _ = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        handshake,
         tokio_tungstenite::accept_hdr_async(stream, check),
     )
     .await;
@@ -292,7 +320,7 @@ async fn handshake<S>(
         }
     };
     let accepted = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        settings.handshake,
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
     )
     .await;
@@ -312,6 +340,20 @@ async fn handshake<S>(
 struct Answer {
     frame: String,
     subscribed: Option<((String, String), EventStream)>,
+    auth: Auth,
+}
+
+/// What an answer says about the connection's logins (for [`MAX_REFUSED_LOGINS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// Nothing.
+    None,
+    /// A `CONN` succeeded.
+    LoggedIn,
+    /// A `CONN` with an unknown access key.
+    LoginRefused,
+    /// A request refused as not authenticated (no session of this connection).
+    NotAuthenticated,
 }
 
 impl Answer {
@@ -319,6 +361,7 @@ impl Answer {
         Self {
             frame: WsServerFrame::Pass(text.into()).encode(),
             subscribed: None,
+            auth: Auth::None,
         }
     }
     fn fail(reason: impl std::fmt::Display) -> Self {
@@ -327,10 +370,21 @@ impl Answer {
         Self {
             frame: WsServerFrame::Fail(reason).encode(),
             subscribed: None,
+            auth: Auth::None,
         }
     }
     fn of(result: Result<Answer, ServiceError>) -> Self {
-        result.unwrap_or_else(Self::fail)
+        result.unwrap_or_else(|e| {
+            let auth = match e {
+                ServiceError::InvalidAccessKey => Auth::LoginRefused,
+                ServiceError::NotAuthenticated => Auth::NotAuthenticated,
+                _ => Auth::None,
+            };
+            Self {
+                auth,
+                ..Self::fail(e)
+            }
+        })
     }
 }
 
@@ -417,6 +471,7 @@ impl Connection {
         let interval = self.settings.ping_interval;
         let mut last_heard = Instant::now();
         let mut pings: u32 = 0;
+        let mut refused_logins = 0usize;
         let end = loop {
             let next_ping = last_heard + interval * (pings + 1);
             let sent = tokio::select! {
@@ -453,7 +508,15 @@ impl Connection {
                     if let Some((key, stream)) = answer.subscribed {
                         records.insert(key, stream);
                     }
-                    out.send(Message::text(answer.frame)).await
+                    let over = self.count_login(answer.auth, &mut refused_logins);
+                    let sent = out.send(Message::text(answer.frame)).await;
+                    if over && sent.is_ok() {
+                        break End::Violation(
+                            CloseCode::Policy,
+                            format!("{MAX_REFUSED_LOGINS} requests refused as not authenticated; log in with CONN first"),
+                        );
+                    }
+                    sent
                 }
                 Some((_, item)) = records.next(), if !records.is_empty() => match item {
                     Ok(ev) => out.send(Message::text(record_frame(ev))).await,
@@ -503,6 +566,19 @@ impl Connection {
         }
     }
 
+    /// Counts refused logins (see [`MAX_REFUSED_LOGINS`]); `true` when the connection is
+    /// to be closed.
+    fn count_login(&self, auth: Auth, refused: &mut usize) -> bool {
+        match auth {
+            Auth::LoggedIn => *refused = 0,
+            Auth::LoginRefused => *refused += 1,
+            // A client with a session that names another id is wrong, not a stranger.
+            Auth::NotAuthenticated if lock(&self.sessions).is_empty() => *refused += 1,
+            Auth::NotAuthenticated | Auth::None => {}
+        }
+        *refused >= MAX_REFUSED_LOGINS
+    }
+
     /// Any frame from the client keeps its sessions alive.
     fn keep_alive(&self) {
         let sessions = lock(&self.sessions);
@@ -543,9 +619,10 @@ impl Connection {
                                     frame: WsServerFrame::conn_pass(&c.client_id, &c.client_hash)
                                         .encode(),
                                     subscribed: None,
+                                    auth: Auth::LoggedIn,
                                 }
                             }
-                            Err(e) => Answer::fail(e),
+                            Err(e) => Answer::of(Err(e)),
                         }
                     }
                     WsRequest::Pub {
@@ -580,6 +657,7 @@ impl Connection {
                         Ok(Answer {
                             frame: WsServerFrame::Pass("subscribed".into()).encode(),
                             subscribed: Some(((client_id, event_name), stream)),
+                            auth: Auth::None,
                         })
                     })()),
                     WsRequest::Unsub {
@@ -686,6 +764,7 @@ impl Connection {
                             Answer {
                                 frame: WsServerFrame::Replay(record.to_value()).encode(),
                                 subscribed: None,
+                                auth: Auth::None,
                             }
                         }))
                     }

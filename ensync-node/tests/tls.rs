@@ -84,3 +84,154 @@ async fn unusable_certificate_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+/// A node serving TLS with a fresh self-signed certificate for `localhost`; returns it
+/// with the certificate (DER) and the directory holding the PEM files.
+async fn tls_node(
+    tweak: impl FnOnce(&mut ensync_node::NodeConfig),
+) -> (TestNode, Vec<u8>, tempfile::TempDir) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let t = start_with(1, |c| {
+        c.tls_cert = Some(dir.path().join("cert.pem"));
+        c.tls_key = Some(dir.path().join("key.pem"));
+        tweak(c);
+    })
+    .await;
+    (t, cert.cert.der().to_vec(), dir)
+}
+
+/// A TLS connection (ALPN h2, trusting `cert`) and an HTTP/2 handshake over it, then one
+/// `Heartbeat` call: `Ok` when answered, the h2 error of the call or the connection when
+/// refused.
+async fn tls_h2_call(addr: std::net::SocketAddr, cert: &[u8]) -> Result<(), h2::Error> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(cert.to_vec()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the TLS handshake completes, also over the cap");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (h2, connection) = h2::client::handshake(tls).await?;
+    let conn = tokio::spawn(connection);
+    let call = async {
+        let mut h2 = h2.ready().await?;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("https://localhost/ensync.EnSyncService/Heartbeat")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(request, true)?;
+        response.await?;
+        Ok::<_, h2::Error>(h2)
+    };
+    let called = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("answered or refused in time");
+    let called = match called {
+        Ok(h2) => {
+            // Keep it open: the caller counts it.
+            std::mem::forget(h2);
+            std::mem::forget(conn);
+            return Ok(());
+        }
+        Err(e) => Err(e),
+    };
+    match conn.await.unwrap() {
+        Err(e) => Err(e),
+        Ok(()) => called,
+    }
+}
+
+/// Issue 13: a TLS connection over `max_connections` completes its TLS handshake and gets
+/// the HTTP/2 `GOAWAY` (`ENHANCE_YOUR_CALM`, "connection limit reached") a plaintext one
+/// gets, instead of being closed before the handshake.
+#[tokio::test]
+async fn tls_connections_over_the_cap_get_goaway() {
+    let (t, cert, _dir) = tls_node(|c| c.max_connections = 1).await;
+    let addr = t.node.grpc_addr();
+    tls_h2_call(addr, &cert).await.expect("the first is served");
+    let err = tls_h2_call(addr, &cert)
+        .await
+        .expect_err("the second is refused");
+    assert!(err.is_go_away(), "{err}");
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert!(
+        err.to_string().contains("connection limit reached"),
+        "{err}"
+    );
+    t.node.shutdown().await;
+}
+
+/// Reads until the peer closes (EOF or reset); `false` if still open after 5 s.
+async fn closed_within_5s(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Issue 13: on a TLS listener, a connection that never sends its ClientHello, or sends
+/// the start of one and stalls, is closed after `handshake_timeout_ms`, on both
+/// endpoints; a real client is served meanwhile.
+#[tokio::test]
+async fn tls_handshakes_that_stall_are_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let (t, cert, _dir) = tls_node(|c| {
+        c.handshake_timeout_ms = 300;
+        c.ws_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    // A TLS record header and the start of a ClientHello (more than the 24 bytes the
+    // gRPC endpoint's own first-bytes deadline waits for), then nothing.
+    let mut partial = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    partial.extend_from_slice(&[0x42; 32]);
+    for addr in [t.node.grpc_addr(), t.node.ws_addr().unwrap()] {
+        for send in [&[][..], &partial[..]] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(send).await.unwrap();
+            let started = std::time::Instant::now();
+            assert!(
+                closed_within_5s(&mut s).await,
+                "{addr}: a stalled TLS handshake ({} bytes sent) is still open after 5 s",
+                send.len()
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(250),
+                "{addr}: closed early"
+            );
+        }
+    }
+    tls_h2_call(t.node.grpc_addr(), &cert)
+        .await
+        .expect("a real client is served");
+    t.node.shutdown().await;
+}
