@@ -205,22 +205,26 @@ impl EnSyncService for GrpcService {
     async fn connect(&self, request: Request<wire::ConnectRequest>) -> Res<wire::ConnectResponse> {
         let kind = client_kind(&request);
         let r = request.into_inner();
-        Ok(Response::new(
-            match self.service.connect_as(&r.access_key, kind) {
-                Ok(c) => wire::ConnectResponse {
-                    success: true,
-                    client_id: c.client_id,
-                    client_hash: c.client_hash,
-                    server_config: c.server_config,
-                    error_message: String::new(),
-                },
-                Err(e) => wire::ConnectResponse {
-                    success: false,
-                    error_message: e.to_string(),
-                    ..Default::default()
-                },
+        let connected = self.service.connect_as(&r.access_key, kind);
+        if let Err(ServiceError::ShuttingDown) = connected {
+            // Not a refusal of the key: every client retries UNAVAILABLE (another node,
+            // or this one once restarted), while `success = false` reads as a bad key.
+            return Err(Status::unavailable("node is shutting down"));
+        }
+        Ok(Response::new(match connected {
+            Ok(c) => wire::ConnectResponse {
+                success: true,
+                client_id: c.client_id,
+                client_hash: c.client_hash,
+                server_config: c.server_config,
+                error_message: String::new(),
             },
-        ))
+            Err(e) => wire::ConnectResponse {
+                success: false,
+                error_message: e.to_string(),
+                ..Default::default()
+            },
+        }))
     }
 
     async fn heartbeat(

@@ -1050,3 +1050,32 @@ async fn one_commit_per_event_is_durable() {
     assert_eq!(node.stats().commits, 20, "one transaction per ack");
     node.shutdown().await;
 }
+
+/// A node that is shutting down answers `Connect` with UNAVAILABLE (clients retry it),
+/// not with `success = false` (which every client reads as a refused access key and
+/// stops).
+#[tokio::test]
+async fn connect_while_shutting_down_is_unavailable_not_a_refused_key() {
+    let t = start(1).await;
+    let mut c = t.client().await;
+    t.node.service().close_now();
+    let err = c
+        .connect(wire::ConnectRequest {
+            access_key: t.dev.apps[0].access_key.clone(),
+        })
+        .await
+        .expect_err("no session while shutting down");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let refused = c
+        .connect(wire::ConnectRequest {
+            access_key: "wrong".into(),
+        })
+        .await;
+    assert_eq!(
+        refused
+            .map(|r| r.into_inner().success)
+            .map_err(|e| e.code()),
+        Err(tonic::Code::Unavailable),
+        "while shutting down no key is judged"
+    );
+}

@@ -393,6 +393,9 @@ impl NodeService {
     }
 
     fn connect_inner(&self, access_key: &str, kind: ClientKind) -> Result<Connected, ServiceError> {
+        if lock(&self.inner.state).closed {
+            return Err(ServiceError::ShuttingDown);
+        }
         let apps = read(&self.inner.apps);
         let Some(app) = apps.by_access_key(access_key) else {
             return Err(ServiceError::InvalidAccessKey);
