@@ -48,6 +48,22 @@ pub const GRPC_FRAMING_ALLOWANCE: usize = 64 * 1024;
 /// Default size of the store's page cache, 32 MiB (redb's own default is 1 GiB).
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+pub use crate::backend::jetstream::config::{
+    DEFAULT_JETSTREAM_ACK_WAIT_MS, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_STREAM,
+    JetStreamConfig,
+};
+
+/// Where a node keeps its queues (`store` in the config file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded redb store in `data_dir` (the default): one machine.
+    #[default]
+    Embedded,
+    /// A NATS JetStream cluster shared by several nodes (the `[jetstream]` table).
+    Jetstream,
+}
+
 /// The whole node configuration.
 ///
 /// Read from TOML with [`NodeConfig::from_toml_str`] / [`NodeConfig::from_file`], or
@@ -70,6 +86,10 @@ pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
+    /// Where the queues live: `"embedded"` (the default: the redb store in `data_dir`,
+    /// one machine) or `"jetstream"` (a NATS JetStream cluster that several nodes share,
+    /// configured by the `[jetstream]` table).
+    pub store: StoreKind,
     /// Address of the gRPC endpoint (`"127.0.0.1:0"` picks a free port).
     pub grpc_listen: SocketAddr,
     /// Directory of the durable store (created if missing). Its `events.redb` is created
@@ -140,6 +160,10 @@ pub struct NodeConfig {
     /// Interval of the HTTP/2 keep-alive pings the gRPC endpoint sends, in ms; a peer
     /// that does not answer one within the same time is disconnected.
     pub keepalive_interval_ms: u64,
+    /// The NATS JetStream cluster of `store = "jetstream"` (the `[jetstream]` table);
+    /// must be unset with the embedded store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamConfig>,
     /// The apps allowed to connect.
     pub apps: Vec<AppConfig>,
 }
@@ -147,6 +171,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Embedded,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./ensync-data"),
             ws_listen: None,
@@ -168,6 +193,7 @@ impl Default for NodeConfig {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+            jetstream: None,
             apps: Vec::new(),
         }
     }
@@ -267,7 +293,7 @@ pub enum ConfigError {
     },
 }
 
-fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         reason: reason.into(),
@@ -370,6 +396,22 @@ impl NodeConfig {
             if value == 0 {
                 return Err(field_err(field, "must be greater than 0"));
             }
+        }
+        match (self.store, &self.jetstream) {
+            (StoreKind::Embedded, Some(_)) => {
+                return Err(field_err(
+                    "jetstream",
+                    "the [jetstream] table is set but store is \"embedded\" (set store = \"jetstream\", or remove the table)",
+                ));
+            }
+            (StoreKind::Jetstream, None) => {
+                return Err(field_err(
+                    "jetstream",
+                    "store = \"jetstream\" needs a [jetstream] table with `servers`",
+                ));
+            }
+            (StoreKind::Jetstream, Some(js)) => js.validate()?,
+            (StoreKind::Embedded, None) => {}
         }
         if self.store_cache_bytes < MIN_STORE_CACHE_BYTES {
             return Err(field_err(

@@ -92,8 +92,9 @@ pub enum NodeError {
 pub struct Node;
 
 impl Node {
-    /// Validates `config`, opens the store in `config.data_dir`, loads the pending events,
-    /// binds `config.grpc_listen` (port 0 picks a free port) and serves until
+    /// Validates `config`, opens the store (`store = "embedded"`: the redb file in
+    /// `config.data_dir`, loading the pending events; `store = "jetstream"`: connects to
+    /// the `[jetstream]` cluster and sets up its stream), binds `config.grpc_listen` (port 0 picks a free port) and serves until
     /// [`RunningNode::shutdown`]. Must be called inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         config.validate()?;
@@ -136,11 +137,19 @@ impl Node {
             _ => None,
         };
 
-        let store = Arc::new(store::RedbStore::open_with_cache(
-            &config.data_dir,
-            config.store_cache_bytes,
-        )?);
-        let service = NodeService::new(&config, store)?;
+        let service = match config.store {
+            config::StoreKind::Embedded => {
+                let store = Arc::new(store::RedbStore::open_with_cache(
+                    &config.data_dir,
+                    config.store_cache_bytes,
+                )?);
+                NodeService::new(&config, store)?
+            }
+            config::StoreKind::Jetstream => {
+                let backend = backend::jetstream::JetStreamBackend::connect(&config).await?;
+                NodeService::with_backend(&config, Arc::new(backend))?
+            }
+        };
         let tasks = service.spawn_background();
 
         // tokio's listener sets SO_REUSEADDR, so a restarted node can bind the port of one
