@@ -6,7 +6,9 @@
 #    as ENSYNC_NATS_SERVER) for the JetStream backend's tests (reused when already there);
 # 2. the published Node.js client (tests/interop/node_modules/, `npm ci` from the
 #    committed lockfile; skipped with a note when npm is missing, except under CI);
-# 3. cargo fmt --check, clippy -D warnings, and cargo test for the whole workspace.
+# 3. cargo fmt --check, clippy -D warnings, and cargo test for the whole workspace;
+#    then the node's gRPC and WebSocket suites once more with ENSYNC_TEST_STORE=jetstream
+#    (every test node on a 3-server NATS cluster on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +24,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== cargo test: the node's gRPC and WebSocket suites again, on the JetStream backend"
+ENSYNC_TEST_STORE=jetstream cargo test --locked -p ensync-node --test grpc --test ws

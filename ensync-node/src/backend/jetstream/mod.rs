@@ -322,7 +322,8 @@ fn stream_config(cfg: &JetStreamConfig, retention: Duration) -> stream::Config {
         max_age: retention,
         num_replicas: cfg.replicas,
         allow_direct: true,
-        duplicate_window: Duration::from_secs(120),
+        // JetStream's default window, but never longer than the retention (it refuses that).
+        duplicate_window: Duration::from_secs(120).min(retention),
         description: Some("EnSync queues (ensync node, store = \"jetstream\")".into()),
         ..Default::default()
     }
