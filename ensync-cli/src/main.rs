@@ -148,9 +148,10 @@ async fn run_node(args: NodeArgs) -> Result<(), NodeError> {
     }
     let apps = config.apps.len();
     let data_dir = config.data_dir.clone();
+    let store = config.store;
     let node = Node::start(config).await?;
     let scheme = if node.is_tls() { "grpcs" } else { "grpc" };
-    tracing::info!(%scheme, apps, data_dir = %data_dir.display(), "serving");
+    tracing::info!(%scheme, apps, ?store, data_dir = %data_dir.display(), "serving");
     match node.ws_addr() {
         Some(ws) => println!("ensync node ready grpc={} ws={ws}", node.grpc_addr()),
         None => println!("ensync node ready grpc={}", node.grpc_addr()),

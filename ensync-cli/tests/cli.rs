@@ -131,6 +131,12 @@ fn bad_config_exits_non_zero_naming_the_field() {
             format!("data_dir = \"{data}\"\ntls_cert = \"c.pem\"\n"),
             "tls_key",
         ),
+        ("store = \"jetstream\"\n".to_owned(), "jetstream"),
+        (
+            "store = \"jetstream\"\n[jetstream]\nservers = [\"nats://127.0.0.1:4222\"]\nreplicas = 7\n"
+                .to_owned(),
+            "jetstream.replicas",
+        ),
     ] {
         let (ok, stderr) = run_with_config(dir.path(), &text);
         assert!(!ok, "accepted: {text}");

@@ -313,6 +313,16 @@ tls_required = true
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = NodeConfig::from_toml_str(include_str!("../../../config/jetstream.example.toml"))
+            .unwrap();
+        assert_eq!(c.store, crate::config::StoreKind::Jetstream);
+        let js = c.jetstream.as_ref().unwrap();
+        assert_eq!((js.replicas, js.servers.len()), (3, 3));
+        assert_eq!(c.apps.len(), 2);
+    }
+
+    #[test]
     fn defaults_and_the_embedded_default() {
         let c = NodeConfig::from_toml_str("").unwrap();
         assert_eq!(c.store, crate::config::StoreKind::Embedded);
