@@ -28,7 +28,7 @@ pub(crate) mod codec;
 pub mod config;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,8 @@ struct Inner {
     state: Mutex<State>,
     publishes: Semaphore,
     published: AtomicU64,
+    /// Ack-subject messages spawned by [`Inner::send_later`] and not yet sent.
+    outgoing: Arc<AtomicUsize>,
 }
 
 /// The JetStream [`Backend`]. See the [module docs](self).
@@ -170,16 +172,22 @@ fn nak_after(delay: Duration) -> Bytes {
     Bytes::from(format!("-NAK {{\"delay\":{}}}", delay.as_nanos()))
 }
 
-/// Publishes `payload` to an ack subject without waiting (from any thread; nothing when
-/// there is no tokio runtime: JetStream then redelivers after `ack_wait`).
-fn send_later(client: &async_nats::Client, reply: Subject, payload: Bytes) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        let client = client.clone();
-        rt.spawn(async move {
-            if let Err(e) = client.publish(reply, payload).await {
-                tracing::debug!(error = %e, "could not send an ack-subject message");
-            }
-        });
+impl Inner {
+    /// Publishes `payload` to an ack subject without waiting (from any thread; nothing
+    /// when there is no tokio runtime: JetStream then redelivers after `ack_wait`).
+    /// [`Backend::close`] waits for these.
+    fn send_later(&self, reply: Subject, payload: Bytes) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let outgoing = self.outgoing.clone();
+            outgoing.fetch_add(1, Ordering::AcqRel);
+            rt.spawn(async move {
+                if let Err(e) = client.publish(reply, payload).await {
+                    tracing::debug!(error = %e, "could not send an ack-subject message");
+                }
+                outgoing.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
     }
 }
 
@@ -242,6 +250,7 @@ impl JetStreamBackend {
                 state: Mutex::new(State::default()),
                 publishes: Semaphore::new(PUBLISH_SLOTS),
                 published: AtomicU64::new(0),
+                outgoing: Arc::new(AtomicUsize::new(0)),
             }),
         })
     }
@@ -453,7 +462,7 @@ impl Inner {
         let closed = st.closed;
         let Some(slot) = st.queues.get_mut(queue) else {
             drop(st);
-            send_later(&self.client, reply, Bytes::from_static(NAK));
+            self.send_later(reply, Bytes::from_static(NAK));
             return;
         };
         // Delivered again while this node still has it (its progress reports came too
@@ -468,7 +477,7 @@ impl Inner {
         }
         if slot.unwanted() || closed {
             drop(st);
-            send_later(&self.client, reply, Bytes::from_static(NAK));
+            self.send_later(reply, Bytes::from_static(NAK));
             return;
         }
         tracing::trace!(seq, delivered, "fetched");
@@ -479,7 +488,7 @@ impl Inner {
     fn hold_back(&self, seq: u64, why: &str, reply: Subject) {
         tracing::error!(stream = %self.stream_name, seq, error = why,
             "stored record cannot be read; holding the event back");
-        send_later(&self.client, reply, nak_after(UNREADABLE_DELAY));
+        self.send_later(reply, nak_after(UNREADABLE_DELAY));
     }
 
     /// Takes a held event out of `held` (checking its id) for settling.
@@ -515,7 +524,7 @@ impl Inner {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer in time".to_owned(),
         };
-        send_later(&self.client, reply, Bytes::from_static(NAK));
+        self.send_later(reply, Bytes::from_static(NAK));
         Err(ServiceError::Storage(format!(
             "JetStream did not confirm the {what} of {id:?}: {why}"
         )))
@@ -658,7 +667,7 @@ async fn puller(inner: Weak<Inner>, key: QueueKey) {
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        let mut failed = false;
         while let Some(m) = batch.next().await {
             match m {
                 Ok(m) => {
@@ -666,10 +675,20 @@ async fn puller(inner: Weak<Inner>, key: QueueKey) {
                     node.arrived(&key, m);
                 }
                 Err(e) => {
-                    tracing::debug!(subject, error = %e, "JetStream: fetch ended");
+                    tracing::debug!(subject, error = %e, "JetStream: fetch ended with an error");
+                    failed = true;
                     break;
                 }
             }
+        }
+        if failed {
+            // No responders, a leader change, a deleted consumer: wait a little, then
+            // set the consumer up again (idempotent when it exists).
+            consumer = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = Duration::from_millis(100);
         }
     }
 }
@@ -861,7 +880,7 @@ impl Backend for JetStreamBackend {
 
     fn release(&self, queue: &QueueKey, id: &str, block: u64) {
         if let Some(reply) = self.inner.unhold(queue, id, block) {
-            send_later(&self.inner.client, reply, Bytes::from_static(NAK));
+            self.inner.send_later(reply, Bytes::from_static(NAK));
         }
     }
 
@@ -948,7 +967,7 @@ impl Backend for JetStreamBackend {
         };
         self.inner.publishes.close();
         for reply in give_back {
-            send_later(&self.inner.client, reply, Bytes::from_static(NAK));
+            self.inner.send_later(reply, Bytes::from_static(NAK));
         }
     }
 
@@ -962,8 +981,13 @@ impl Backend for JetStreamBackend {
                 }
             })
             .await;
-            // Let the give-backs reach the connection, then push them out.
-            tokio::task::yield_now().await;
+            // The give-backs reach the connection, then are pushed out.
+            let _ = tokio::time::timeout(ATTEMPT, async {
+                while self.inner.outgoing.load(Ordering::Acquire) > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
             let _ = tokio::time::timeout(ATTEMPT, self.inner.client.flush()).await;
         })
     }
