@@ -4,6 +4,12 @@
 #   scripts/bench.sh            everything (about 5.5 minutes on 2 cores after the release
 #                               build; about 8.5 minutes from a fresh clone, build included)
 #   scripts/bench.sh --quick    a smoke run of every part (about 1.5 minutes after the build)
+#   scripts/bench.sh --compare BASE_REF [--quick]
+#                               the same run for the commit BASE_REF (built in a git worktree
+#                               under target/bench/, sharing this target directory so only
+#                               the workspace's own crates are built twice) and for the work
+#                               tree, each part run for both back to back, every number
+#                               printed as `now (base, ratio)` in one table
 #   BENCH_ARGS="..." scripts/bench.sh   other criterion arguments for the micro-benchmarks
 #
 # Parts, in order (each prints the load average before it: the numbers mean little on a
@@ -25,14 +31,27 @@
 # envelope against that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 quick=0
-for arg in "$@"; do
-    case "$arg" in
+base_ref=""
+usage() { echo "usage: $0 [--quick] [--compare BASE_REF]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) quick=1 ;;
-        *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+        --compare)
+            [ $# -ge 2 ] || usage
+            base_ref="$2"
+            shift
+            ;;
+        *) usage ;;
     esac
+    shift
 done
+if [ -n "$base_ref" ]; then
+    base_rev=$(git rev-parse --verify --quiet "$base_ref^{commit}") \
+        || { echo "--compare: $base_ref is not a commit here" >&2; exit 2; }
+fi
 
 out=target/bench
 mkdir -p "$out"
@@ -54,6 +73,22 @@ echo "- $(rustc -V); $("$py" -c 'import sys, nacl, importlib.metadata as m; prin
 echo "- git: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
 echo
 
+base_bin=""
+if [ -n "$base_ref" ]; then
+    echo "- base: $base_ref ($(git rev-parse --short "$base_rev")): every number below is \`now (base, now/base)\`"
+    echo
+    base_dir="$PWD/$out/base-src"
+    echo "== building the base $base_ref in $base_dir (release)" >&3
+    git worktree remove --force "$base_dir" 2>/dev/null || rm -rf "$base_dir"
+    git worktree prune
+    git worktree add --detach --quiet "$base_dir" "$base_rev"
+    # One target directory: dependencies are built once; the base's own crates have other
+    # paths, so they get their own artifacts. Only the final binary would collide: copied.
+    (cd "$base_dir" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p ensync-bench 2>&3)
+    base_bin="$out/base-ensync-bench"
+    cp target/release/ensync-bench "$base_bin"
+fi
+
 echo "== building (release)"
 cargo build --release --locked -p ensync-bench 2>&3
 cargo bench --locked -p ensync-proto --bench core --no-run 2>&3
@@ -66,13 +101,20 @@ if [ "$quick" = 1 ]; then
 else
     default_args="--warm-up-time 1 --measurement-time 3"
 fi
+if [ -n "$base_ref" ]; then
+    # The base's numbers go to criterion's `base` baseline, the work tree's to `new`.
+    # shellcheck disable=SC2086
+    (cd "$base_dir" && CARGO_TARGET_DIR="$root/target" cargo bench --locked -p ensync-proto --bench core -- \
+        ${BENCH_ARGS:-$default_args} --save-baseline base) >"$out/criterion-base.log" 2>&1 \
+        || { cat "$out/criterion-base.log"; exit 1; }
+fi
 # shellcheck disable=SC2086
 cargo bench --locked -p ensync-proto --bench core -- ${BENCH_ARGS:-$default_args} >"$out/criterion.log" 2>&1 \
     || { cat "$out/criterion.log"; exit 1; }
 pynacl_json="$("$py" scripts/bench_pynacl.py)"
 echo "$pynacl_json" >"$out/pynacl.json"
 
-PYNACL_JSON="$pynacl_json" "$py" - <<'EOF'
+PYNACL_JSON="$pynacl_json" BASE_REF="$base_ref" "$py" - <<'EOF'
 import json
 import os
 import pathlib
@@ -81,11 +123,14 @@ root = pathlib.Path("target/criterion")
 py = json.loads(os.environ["PYNACL_JSON"])
 
 
-def ours(name):
-    path = root / name / "new" / "estimates.json"
+def ours(name, which="new"):
+    path = root / name / which / "estimates.json"
     if not path.exists():
         return None
     return json.loads(path.read_text())["median"]["point_estimate"]
+
+
+compare = bool(os.environ.get("BASE_REF"))
 
 
 def fmt(ns):
@@ -120,7 +165,11 @@ for name, bare in rows:
     o = ours(name)
     p = py.get(name)
     b = py.get(bare) if bare else None
-    print(f"| {name} | {fmt(o)} | {fmt(p)} | {ratio(o, p)} | {fmt(b)} | {ratio(o, b)} |")
+    mine = fmt(o)
+    if compare:
+        base = ours(name, "base")
+        mine = f"{fmt(o)} (base {fmt(base)}, {ratio(o, base)})"
+    print(f"| {name} | {mine} | {fmt(p)} | {ratio(o, p)} | {fmt(b)} | {ratio(o, b)} |")
 for name in ("box_encrypt_1k_precomputed", "box_decrypt_1k_precomputed"):
     print(f"| {name} (PyNaCl only) | - | {fmt(py.get(name))} | - | - | - |")
 EOF
@@ -134,12 +183,32 @@ if [ "$quick" = 1 ]; then
     e2e_args+=(--quick)
     node_args+=(--quick)
 fi
-target/release/ensync-bench e2e "${e2e_args[@]}" 2> >(tee "$out/e2e.log" >&3) || { echo "ensync-bench e2e failed (see $out/e2e.log)"; exit 1; }
+if [ -n "$base_bin" ]; then
+    # The base without the Python client (the work tree's run keeps it), right before.
+    "$base_bin" e2e --json "$out/e2e-base.json" --adapters tokio,h2,blocking,ws \
+        $([ "$quick" = 1 ] && echo --quick) >/dev/null 2> >(tee "$out/e2e-base.log" >&3) \
+        || { echo "base ensync-bench e2e failed (see $out/e2e-base.log)"; exit 1; }
+    target/release/ensync-bench e2e "${e2e_args[@]}" >/dev/null 2> >(tee "$out/e2e.log" >&3) \
+        || { echo "ensync-bench e2e failed (see $out/e2e.log)"; exit 1; }
+    "$py" scripts/bench_compare.py "$out/e2e.json" "$out/e2e-base.json"
+else
+    target/release/ensync-bench e2e "${e2e_args[@]}" 2> >(tee "$out/e2e.log" >&3) || { echo "ensync-bench e2e failed (see $out/e2e.log)"; exit 1; }
+fi
 
 echo
 echo "## 3. The node (load before: $(load))"
 echo
-target/release/ensync-bench node "${node_args[@]}" 2> >(tee "$out/node.log" >&3) || { echo "ensync-bench node failed (see $out/node.log)"; exit 1; }
+if [ -n "$base_bin" ]; then
+    "$base_bin" node --json "$out/node-base.json" $([ "$quick" = 1 ] && echo --quick) \
+        >/dev/null 2> >(tee "$out/node-base.log" >&3) \
+        || { echo "base ensync-bench node failed (see $out/node-base.log)"; exit 1; }
+    target/release/ensync-bench node "${node_args[@]}" >/dev/null 2> >(tee "$out/node.log" >&3) \
+        || { echo "ensync-bench node failed (see $out/node.log)"; exit 1; }
+    "$py" scripts/bench_compare.py "$out/node.json" "$out/node-base.json"
+    git worktree remove --force "$base_dir" 2>/dev/null || true
+else
+    target/release/ensync-bench node "${node_args[@]}" 2> >(tee "$out/node.log" >&3) || { echo "ensync-bench node failed (see $out/node.log)"; exit 1; }
+fi
 
 echo
 echo "Load after: $(load). Whole run: $(( $(date +%s) - started )) s (progress logs in $out/*.log)."

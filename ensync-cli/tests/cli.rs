@@ -137,6 +137,20 @@ fn bad_config_exits_non_zero_naming_the_field() {
                 .to_owned(),
             "jetstream.replicas",
         ),
+        (
+            format!("data_dir = \"{data}\"\nadmin_listen = \"127.0.0.1:0\"\n"),
+            "admin_key",
+        ),
+        (
+            format!(
+                "data_dir = \"{data}\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_key = \"short\"\n"
+            ),
+            "admin_key",
+        ),
+        (
+            format!("data_dir = \"{data}\"\nadmin_key = \"0123456789abcdef0123\"\n"),
+            "admin_listen",
+        ),
     ] {
         let (ok, stderr) = run_with_config(dir.path(), &text);
         assert!(!ok, "accepted: {text}");

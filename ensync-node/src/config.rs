@@ -160,12 +160,50 @@ pub struct NodeConfig {
     /// Interval of the HTTP/2 keep-alive pings the gRPC endpoint sends, in ms; a peer
     /// that does not answer one within the same time is disconnected.
     pub keepalive_interval_ms: u64,
+    /// Address of the admin HTTP endpoint (the EnSync config manager's API under
+    /// `/api/v1/ensync`, `/healthz`, `/readyz`); off when unset. Requires `admin_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The secret every admin request carries in its `X-ACCESS-KEY` header. Never logged
+    /// nor shown by `Debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<SecretString>,
     /// The NATS JetStream cluster of `store = "jetstream"` (the `[jetstream]` table);
     /// must be unset with the embedded store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<JetStreamConfig>,
-    /// The apps allowed to connect.
+    /// The apps allowed to connect (the bootstrap: apps made through the admin API are
+    /// kept in the store and come on top of these).
     pub apps: Vec<AppConfig>,
+}
+
+/// A secret string of the configuration: `Debug` shows `<redacted>`, zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 impl Default for NodeConfig {
@@ -194,6 +232,8 @@ impl Default for NodeConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             jetstream: None,
+            admin_listen: None,
+            admin_key: None,
             apps: Vec::new(),
         }
     }
@@ -355,6 +395,27 @@ impl NodeConfig {
             }
             _ => {}
         }
+        match (&self.admin_listen, &self.admin_key) {
+            (Some(_), None) => {
+                return Err(field_err(
+                    "admin_key",
+                    "admin_listen is set but admin_key is not",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(field_err(
+                    "admin_listen",
+                    "admin_key is set but admin_listen is not",
+                ));
+            }
+            (Some(_), Some(key)) if key.expose().len() < 16 => {
+                return Err(field_err(
+                    "admin_key",
+                    "must be at least 16 characters (a long random secret)",
+                ));
+            }
+            _ => {}
+        }
         if self.heartbeat_interval_ms == 0 {
             return Err(field_err("heartbeat_interval_ms", "must be greater than 0"));
         }
@@ -483,6 +544,15 @@ mod tests {
         let text = format!("{app:?}");
         assert!(!text.contains("super-secret-key"), "{text}");
         assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn debug_redacts_the_admin_key() {
+        let mut c = NodeConfig::new("/tmp/x");
+        c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        c.admin_key = Some(SecretString::new("the-admin-secret-0123"));
+        assert!(c.validate().is_ok());
+        assert!(!format!("{c:?}").contains("the-admin-secret-0123"));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! stores no app secret and never decrypts a payload.
 //!
 //! Layers:
-//! - [`store`]: the [`store::Store`] trait and its redb implementation;
+//! - [`backend`]: the queue-level [`backend::Backend`] interface (what several nodes
+//!   share) and its embedded implementation;
+//! - [`store`]: the [`store::Store`] trait and its redb implementation, under the
+//!   embedded backend;
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
 //!   method per operation);
 //! - [`grpc`]: the tonic service over it; [`rpc`]: the generated server and client stubs;
@@ -16,6 +19,9 @@
 //! - [`ws`]: the WebSocket endpoint (`/message`, PROTOCOL.md section 3) over the same
 //!   service, when `ws_listen` is set;
 //! - [`Node`] / [`RunningNode`]: start and stop a node in-process;
+//! - [`admin`]: the admin HTTP endpoint (EnSync's config-manager API, health), when
+//!   `admin_listen` is set;
+//! - [`registry`]: the apps (config file and run time);
 //! - [`dev`]: a throw-away configuration with generated apps and keys.
 //!
 //! ```no_run
@@ -30,13 +36,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod dev;
 pub mod grpc;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod perm;
+pub mod registry;
 pub mod service;
 pub mod store;
 pub mod ws;
@@ -150,6 +159,12 @@ impl Node {
                 NodeService::with_backend(&config, Arc::new(backend))?
             }
         };
+        if let Err(e) = service.load_admin_records().await {
+            service.close().await;
+            return Err(NodeError::Io(format!(
+                "cannot read the access keys of the store: {e}"
+            )));
+        }
         let tasks = service.spawn_background();
 
         // tokio's listener sets SO_REUSEADDR, so a restarted node can bind the port of one
@@ -167,6 +182,18 @@ impl Node {
         let grpc_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Io(e.to_string()))?;
+        let admin = match (config.admin_listen, &config.admin_key) {
+            (Some(addr), Some(key)) => {
+                match admin::AdminEndpoint::start(addr, key.clone(), service.clone()).await {
+                    Ok(admin) => Some(admin),
+                    Err(e) => {
+                        service.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         let ws = match config.ws_listen {
             Some(addr) => {
                 match ws::WsEndpoint::start(addr, &config, ws_tls, service.clone()).await {
@@ -224,6 +251,7 @@ impl Node {
             grpc_addr,
             ws_addr: ws.as_ref().map(|w| w.addr),
             ws,
+            admin,
             tls: config.tls_cert.is_some(),
             service,
             stop: Some(stop_tx),
@@ -239,6 +267,7 @@ pub struct RunningNode {
     grpc_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
     ws: Option<ws::WsEndpoint>,
+    admin: Option<admin::AdminEndpoint>,
     tls: bool,
     service: NodeService,
     stop: Option<oneshot::Sender<()>>,
@@ -268,6 +297,11 @@ impl RunningNode {
         self.ws_addr
     }
 
+    /// The bound admin HTTP address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
     /// Whether the endpoint serves TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -290,6 +324,9 @@ impl RunningNode {
         self.service.close().await;
         if let Some(mut ws) = self.ws.take() {
             ws.shutdown().await;
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

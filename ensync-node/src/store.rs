@@ -25,6 +25,8 @@ const PENDING: TableDefinition<'_, (&str, &str, u64), (&str, u64)> =
 const BLOCKS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("blocks");
 /// (published epoch ms, event id) -> (), for the retention purge.
 const BY_TIME: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("by_time");
+/// The node's own records (apps made through the admin API): key -> value.
+const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
 
 /// The store's file name in the data directory.
 pub const STORE_FILE: &str = "events.redb";
@@ -164,6 +166,14 @@ pub enum WriteOp {
         /// Epoch ms.
         before_ms: u64,
     },
+    /// Write (`Some`) or delete (`None`) one of the node's own records (apps made
+    /// through the admin API), kept apart from the events.
+    PutRecord {
+        /// The record's key.
+        key: String,
+        /// Its value.
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// What one [`WriteOp`] did.
@@ -180,6 +190,8 @@ pub enum WriteOutcome {
     DueSet(bool),
     /// How many records were deleted.
     Purged(usize),
+    /// A record was written or deleted.
+    RecordPut,
 }
 
 /// A pending (not yet acknowledged nor discarded) event, as listed at start-up.
@@ -215,11 +227,21 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Reads stored events by id (`None` for unknown ids), in one read transaction.
     fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError>;
+    /// Every record written by [`WriteOp::PutRecord`], in key order. The default: none
+    /// (a store that keeps no records; its `PutRecord` writes must then fail).
+    fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Bytes the store takes on disk, if it knows.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// [`Store`] on an embedded redb database (`events.redb` in the data directory).
 pub struct RedbStore {
     db: Database,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -297,6 +319,7 @@ impl RedbStore {
                 txn.open_table(PENDING)?;
                 txn.open_table(BLOCKS)?;
                 txn.open_table(BY_TIME)?;
+                txn.open_table(RECORDS)?;
             }
             txn.commit()?;
             Ok(db)
@@ -306,7 +329,7 @@ impl RedbStore {
             StoreError::Db(reason) | StoreError::Damaged(reason) => refuse(reason),
             other => refuse(other.to_string()),
         })?;
-        Ok(Self { db })
+        Ok(Self { db, path })
     }
 }
 
@@ -328,6 +351,23 @@ impl Store for RedbStore {
     fn events(&self, ids: &[&str]) -> Result<Vec<Option<StoredEvent>>, StoreError> {
         contain("reading events", || self.events_inner(ids))
     }
+
+    fn size_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
+    }
+
+    fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        contain("reading records", || {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
 }
 
 impl RedbStore {
@@ -341,6 +381,7 @@ impl RedbStore {
             let mut pending = txn.open_table(PENDING)?;
             let mut blocks = txn.open_table(BLOCKS)?;
             let mut by_time = txn.open_table(BY_TIME)?;
+            let mut records = txn.open_table(RECORDS)?;
             for op in ops {
                 match op {
                     WriteOp::Publish(ev) => {
@@ -409,6 +450,17 @@ impl RedbStore {
                             purged += 1;
                         }
                         out.push(WriteOutcome::Purged(purged));
+                    }
+                    WriteOp::PutRecord { key, value } => {
+                        match value {
+                            Some(v) => {
+                                records.insert(key.as_str(), v.as_slice())?;
+                            }
+                            None => {
+                                records.remove(key.as_str())?;
+                            }
+                        }
+                        out.push(WriteOutcome::RecordPut);
                     }
                 }
             }

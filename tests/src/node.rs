@@ -135,6 +135,9 @@ impl TestNode {
                 if let Some(ws) = node.ws_addr() {
                     self.setup.config.ws_listen = Some(ws);
                 }
+                if let Some(admin) = node.admin_addr() {
+                    self.setup.config.admin_listen = Some(admin);
+                }
                 Running::Full(node)
             }
             refuse => self.boot_filtered(refuse).await,
@@ -197,6 +200,14 @@ impl TestNode {
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         match self.running.as_ref()? {
             Running::Full(node) => node.ws_addr(),
+            Running::Filtered { .. } => None,
+        }
+    }
+
+    /// The admin endpoint's address, when the node serves one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        match self.running.as_ref()? {
+            Running::Full(node) => node.admin_addr(),
             Running::Filtered { .. } => None,
         }
     }

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{Backend, BackendStats, Published, QueueKey};
+use crate::metrics::Metrics;
 use crate::service::{ServiceError, now_ms};
 use crate::store::{NewEvent, PendingEntry, Store, StoreError, StoredEvent, WriteOp, WriteOutcome};
 
@@ -123,33 +124,40 @@ impl EmbeddedBackend {
         group_commit: bool,
         retention_ms: u64,
     ) -> Result<Self, crate::NodeError> {
+        Self::open_with_metrics(store, group_commit, retention_ms, None)
+    }
+
+    /// [`EmbeddedBackend::open`], recording each commit's time and size in `metrics`.
+    pub fn open_with_metrics(
+        store: Arc<dyn Store>,
+        group_commit: bool,
+        retention_ms: u64,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, crate::NodeError> {
         let mut state = State::default();
         let now = now_ms();
         // Entries come in (recipient, name, block) order: build each queue's key once.
         let mut last: Option<QueueKey> = None;
-        store
-            .for_each_pending(&mut |entry: PendingEntry| {
-                let same = last
-                    .as_ref()
-                    .is_some_and(|k| *k.recipient == *entry.recipient && *k.name == *entry.name);
-                if !same {
-                    last = Some(QueueKey::new(&entry.recipient, &entry.name));
-                }
-                let Some(key) = last.clone() else { return };
-                if entry.due_ms > now {
-                    state.seq += 1;
-                    let seq = state.seq;
-                    let id = Arc::from(entry.id.as_str());
-                    state
-                        .deferred
-                        .insert((entry.due_ms, seq), (key, entry.block, id));
-                } else {
-                    let ready = &mut state.queues.entry(key).or_default().ready;
-                    ready.insert(entry.block, QueuedId::new(&entry.id));
-                }
-            })
-            .map_err(ServiceError::from)
-            .map_err(|e| crate::NodeError::Io(e.to_string()))?;
+        store.for_each_pending(&mut |entry: PendingEntry| {
+            let same = last
+                .as_ref()
+                .is_some_and(|k| *k.recipient == *entry.recipient && *k.name == *entry.name);
+            if !same {
+                last = Some(QueueKey::new(&entry.recipient, &entry.name));
+            }
+            let Some(key) = last.clone() else { return };
+            if entry.due_ms > now {
+                state.seq += 1;
+                let seq = state.seq;
+                let id = Arc::from(entry.id.as_str());
+                state
+                    .deferred
+                    .insert((entry.due_ms, seq), (key, entry.block, id));
+            } else {
+                let ready = &mut state.queues.entry(key).or_default().ready;
+                ready.insert(entry.block, QueuedId::new(&entry.id));
+            }
+        })?;
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
@@ -166,7 +174,7 @@ impl EmbeddedBackend {
         let max_batch = if group_commit { MAX_BATCH } else { 1 };
         let handle = std::thread::Builder::new()
             .name("ensync-writer".into())
-            .spawn(move || writer_loop(rx, store, weak, max_batch))
+            .spawn(move || writer_loop(rx, store, weak, max_batch, metrics))
             .map_err(|e| crate::NodeError::Io(e.to_string()))?;
         *lock(&inner.writer_thread) = Some(handle);
         Ok(Self { inner })
@@ -316,13 +324,24 @@ impl Backend for EmbeddedBackend {
                 notified.as_mut().enable();
                 let taken = self.inner.take(queue, max.max(1));
                 if !taken.is_empty() {
-                    // No await between taking and returning: cancel-safe.
-                    match self.inner.read(&taken) {
-                        Ok(events) if events.is_empty() => continue,
-                        Ok(events) => return Ok(events),
-                        Err(e) => {
+                    // No await between taking and returning: cancel-safe. A store that
+                    // panics (a bug in it) must not lose what was taken: contained here,
+                    // the events go back and the claim fails.
+                    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.inner.read(&taken)
+                    }));
+                    match read {
+                        Ok(Ok(events)) if events.is_empty() => continue,
+                        Ok(Ok(events)) => return Ok(events),
+                        Ok(Err(e)) => {
                             self.inner.put_back(queue, taken);
                             return Err(e);
+                        }
+                        Err(_) => {
+                            self.inner.put_back(queue, taken);
+                            return Err(ServiceError::Storage(
+                                "the store failed while reading events for delivery".into(),
+                            ));
                         }
                     }
                 }
@@ -395,6 +414,24 @@ impl Backend for EmbeddedBackend {
         })
     }
 
+    fn records(&self) -> BoxFuture<'_, Result<super::Records, ServiceError>> {
+        Box::pin(async move { Ok(self.inner.store()?.records()?) })
+    }
+
+    fn put_record<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let op = WriteOp::PutRecord {
+                key: key.to_owned(),
+                value,
+            };
+            self.inner.write(op, None).await.map(|_| ())
+        })
+    }
+
     fn stats(&self) -> BackendStats {
         let st = lock(&self.inner.state);
         BackendStats {
@@ -403,6 +440,7 @@ impl Backend for EmbeddedBackend {
             held: None,
             commits: self.inner.commits.load(Ordering::Relaxed),
             committed_ops: self.inner.committed_ops.load(Ordering::Relaxed),
+            store_bytes: self.inner.store().ok().and_then(|s| s.size_bytes()),
         }
     }
 
@@ -495,6 +533,7 @@ fn writer_loop(
     store: Arc<dyn Store>,
     inner: Weak<Inner>,
     max_batch: usize,
+    metrics: Option<Arc<Metrics>>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -507,7 +546,12 @@ fn writer_loop(
         let ops: Vec<WriteOp> = batch.iter().map(|r| r.op.clone()).collect();
         let t0 = Instant::now();
         let res = store.commit(&ops);
-        tracing::trace!(ops = ops.len(), elapsed = ?t0.elapsed(), "group commit");
+        let elapsed = t0.elapsed();
+        tracing::trace!(ops = ops.len(), ?elapsed, "group commit");
+        if let (Some(m), Ok(_)) = (&metrics, &res) {
+            m.commit_seconds.observe(elapsed.as_secs_f64());
+            m.commit_batch.observe(ops.len() as f64);
+        }
         match res {
             Ok(outcomes) => {
                 if let Some(node) = inner.upgrade() {

@@ -87,7 +87,12 @@ pub struct BackendStats {
     pub commits: u64,
     /// Write operations in those commits (`committed_ops / commits` is the mean batch).
     pub committed_ops: u64,
+    /// Bytes the backend's storage takes on this machine (the embedded store file).
+    pub store_bytes: Option<u64>,
 }
+
+/// The node's own records (key, value), in key order: see [`Backend::records`].
+pub type Records = Vec<(String, Vec<u8>)>;
 
 /// The shared queue state behind a node. See the [module docs](self) for the contract.
 pub trait Backend: Send + Sync + 'static {
@@ -143,6 +148,29 @@ pub trait Backend: Send + Sync + 'static {
     /// A stored event by id (also after ack or discard) while the backend keeps it;
     /// `None` for an unknown or purged id. The node checks recipient, name and age.
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredEvent>, ServiceError>>;
+
+    /// Every one of the node's own records (apps made through the admin API), in key
+    /// order, as written by [`Backend::put_record`]. Every node of a deployment reads the
+    /// same ones. The default: none.
+    fn records(&self) -> BoxFuture<'_, Result<Records, ServiceError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Writes (`Some`) or deletes (`None`) one record, durably when `Ok`. The default
+    /// refuses: a backend that keeps no records has no run-time administration.
+    fn put_record<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        let _ = (key, value);
+        Box::pin(async move {
+            Err(ServiceError::Storage(format!(
+                "the {} backend keeps no records",
+                self.kind()
+            )))
+        })
+    }
 
     /// Current counts.
     fn stats(&self) -> BackendStats;

@@ -121,6 +121,7 @@ async fn deliver(inner: Weak<Inner>, stream: u64, notify: Arc<Notify>) {
             Room::Claim(key, max) => (key, max),
         };
         let backend = node.backend.clone();
+        let metrics = node.metrics.clone();
         drop(node);
         let (key, max) = key;
         // Claiming is cancel-safe: a wake-up (window, pause, session end) interrupts it.
@@ -152,6 +153,7 @@ async fn deliver(inner: Weak<Inner>, stream: u64, notify: Arc<Notify>) {
                 // The sink stream closed; its close returned these events.
                 break;
             }
+            metrics.deliveries.inc();
         }
     }
 }

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -30,17 +30,19 @@ use base64::engine::general_purpose::STANDARD;
 use ensync_proto::clients::{ClientKind, Delivery};
 use ensync_proto::validate;
 use tokio::sync::{Notify, mpsc, oneshot};
-use zeroize::Zeroizing;
 
 use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::{Backend, QueueKey};
 use crate::config::NodeConfig;
-use crate::perm::Permissions;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store::{NewEvent, Store, StoreError, StoredEvent};
 
+mod admin;
 mod delivery;
 mod state;
 
+pub use admin::{AccessKeyInfo, AdminError, EventDefinition};
 pub use delivery::EventStream;
 use state::{Session, State, Sub, touch};
 
@@ -75,6 +77,23 @@ pub enum ServiceError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+}
+
+impl ServiceError {
+    /// A short label for metrics (`refused_requests{reason=...}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAuthenticated => "not_authenticated",
+            Self::InvalidAccessKey => "invalid_access_key",
+            Self::Invalid(_) => "invalid",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnknownRecipient(_) => "unknown_recipient",
+            Self::NotInFlight(_) => "not_in_flight",
+            Self::NotFound(_) => "not_found",
+            Self::Storage(_) => "storage",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {
@@ -224,21 +243,17 @@ struct Settings {
     retention_ms: u64,
 }
 
-struct App {
-    name: String,
-    access_key: Zeroizing<String>,
-    /// The public key, standard base64: the recipient part of the app's queue keys.
-    key_text: Arc<str>,
-    send: Permissions,
-    receive: Permissions,
-}
-
 pub(crate) struct Inner {
     settings: Settings,
-    apps: Vec<App>,
-    by_key: HashMap<[u8; 32], usize>,
+    /// Lock order: `state` before `apps` when both are held.
+    apps: RwLock<Registry>,
     state: Mutex<State>,
     backend: Arc<dyn Backend>,
+    /// Event definitions of the admin API.
+    events: Mutex<Vec<EventDefinition>>,
+    /// Serializes administrative changes.
+    admin: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 /// The node's operations, callable from any transport. Cheap to clone.
@@ -294,12 +309,14 @@ impl NodeService {
     /// run session expiry, defer timers and the retention purge.
     pub fn new(config: &NodeConfig, store: Arc<dyn Store>) -> Result<Self, crate::NodeError> {
         config.validate()?;
-        let backend = EmbeddedBackend::open(
+        let metrics = Arc::new(Metrics::default());
+        let backend = EmbeddedBackend::open_with_metrics(
             store,
             config.group_commit,
             config.retention_secs.saturating_mul(1000),
+            Some(metrics.clone()),
         )?;
-        Self::with_backend(config, Arc::new(backend))
+        Self::build(config, Arc::new(backend), metrics)
     }
 
     /// Builds the service over `backend` (which keeps the queues; see
@@ -308,31 +325,16 @@ impl NodeService {
         config: &NodeConfig,
         backend: Arc<dyn Backend>,
     ) -> Result<Self, crate::NodeError> {
+        Self::build(config, backend, Arc::new(Metrics::default()))
+    }
+
+    fn build(
+        config: &NodeConfig,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::NodeError> {
         config.validate()?;
-        let mut apps = Vec::new();
-        let mut by_key = HashMap::new();
-        for (i, a) in config.apps.iter().enumerate() {
-            let key = crate::keys::parse_public_key(&a.public_key).map_err(|reason| {
-                crate::config::ConfigError::Field {
-                    field: format!("apps[{i}].public_key"),
-                    reason,
-                }
-            })?;
-            let invalid = |field: &str, reason: String| crate::config::ConfigError::Field {
-                field: format!("apps[{i}].{field}"),
-                reason,
-            };
-            let send = Permissions::parse(&a.send).map_err(|e| invalid("send", e))?;
-            let receive = Permissions::parse(&a.receive).map_err(|e| invalid("receive", e))?;
-            by_key.insert(key, i);
-            apps.push(App {
-                name: a.name.clone(),
-                access_key: Zeroizing::new(a.access_key.clone()),
-                key_text: Arc::from(STANDARD.encode(key).as_str()),
-                send,
-                receive,
-            });
-        }
+        let apps = Registry::from_config(&config.apps, now_ms())?;
         let settings = Settings {
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             session_timeout: config.session_timeout(),
@@ -344,10 +346,12 @@ impl NodeService {
         };
         let inner = Arc::new(Inner {
             settings,
-            apps,
-            by_key,
+            apps: RwLock::new(apps),
             state: Mutex::new(State::default()),
             backend,
+            events: Mutex::new(Vec::new()),
+            admin: tokio::sync::Mutex::new(()),
+            metrics,
         });
         Ok(Self { inner })
     }
@@ -384,17 +388,18 @@ impl NodeService {
         access_key: &str,
         kind: ClientKind,
     ) -> Result<Connected, ServiceError> {
-        // Compare with every app's key in constant time (no early exit on a match).
-        let mut found = None;
-        for (i, a) in self.inner.apps.iter().enumerate() {
-            if ct_eq(a.access_key.as_bytes(), access_key.as_bytes()) {
-                found = Some(i);
-            }
-        }
-        let Some(app) = found else {
+        let res = self.connect_inner(access_key, kind);
+        self.count("connect", res, &self.inner.metrics.connects)
+    }
+
+    fn connect_inner(&self, access_key: &str, kind: ClientKind) -> Result<Connected, ServiceError> {
+        let apps = read(&self.inner.apps);
+        let Some(app) = apps.by_access_key(access_key) else {
             return Err(ServiceError::InvalidAccessKey);
         };
-        let a = &self.inner.apps[app];
+        let Some(a) = apps.get(app) else {
+            return Err(ServiceError::InvalidAccessKey);
+        };
         let multiplex = self
             .inner
             .settings
@@ -448,30 +453,40 @@ impl NodeService {
     /// `PublishEvent` / `PublishMessage`: validates, stores durably (group commit) and
     /// enqueues the event for its recipient; returns its id once it is on disk.
     pub async fn publish(&self, req: PublishRequest) -> Result<String, ServiceError> {
+        let res = self.publish_inner(req).await;
+        self.count("publish", res, &self.inner.metrics.publishes)
+    }
+
+    async fn publish_inner(&self, req: PublishRequest) -> Result<String, ServiceError> {
         let s = &self.inner.settings;
         let app = {
             let mut st = lock(&self.inner.state);
             touch(&mut st, &req.client_id)?
         };
         validate::event_name(&req.event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        let publisher = &self.inner.apps[app];
-        if !publisher.send.allows(&req.event_name) {
-            return Err(ServiceError::Forbidden(format!(
-                "app {:?} may not publish {:?}",
-                publisher.name, req.event_name
-            )));
-        }
-        // Only configured apps (whose keys were validated at start) can receive: look the
-        // key's bytes up directly, and parse (and check the point) only text that is not
-        // plain standard base64 of 32 bytes. A full point check is a scalar multiplication,
-        // the most expensive step of a publish when done every time.
-        let recipient = STANDARD
-            .decode(&req.delivery_to)
-            .ok()
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-            .or_else(|| crate::keys::parse_public_key(&req.delivery_to).ok())
-            .and_then(|k| self.inner.by_key.get(&k).copied())
-            .ok_or_else(|| ServiceError::UnknownRecipient(req.delivery_to.clone()))?;
+        let (sender, recipient) = {
+            let apps = read(&self.inner.apps);
+            let publisher = apps.get(app).ok_or(ServiceError::NotAuthenticated)?;
+            if !publisher.send.allows(&req.event_name) {
+                return Err(ServiceError::Forbidden(format!(
+                    "app {:?} may not publish {:?}",
+                    publisher.name, req.event_name
+                )));
+            }
+            // Only known apps (whose keys were validated when added) can receive: look
+            // the key's bytes up directly, and parse (and check the point) only text that
+            // is not plain standard base64 of 32 bytes. A full point check is a scalar
+            // multiplication, the most expensive step of a publish when done every time.
+            let recipient = STANDARD
+                .decode(&req.delivery_to)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .or_else(|| crate::keys::parse_public_key(&req.delivery_to).ok())
+                .and_then(|k| apps.by_public(&k))
+                .and_then(|slot| apps.get(slot))
+                .ok_or_else(|| ServiceError::UnknownRecipient(req.delivery_to.clone()))?;
+            (publisher.key_text.clone(), recipient.key_text.clone())
+        };
         if req.payload.is_empty() {
             return Err(ServiceError::Invalid("payload is empty".into()));
         }
@@ -521,9 +536,9 @@ impl NodeService {
         }
         let event = NewEvent {
             id: event_id(),
-            recipient: self.inner.apps[recipient].key_text.to_string(),
+            recipient: recipient.to_string(),
             name: req.event_name,
-            sender: publisher.key_text.to_string(),
+            sender: sender.to_string(),
             payload: req.payload,
             metadata,
             payload_metadata,
@@ -540,12 +555,22 @@ impl NodeService {
         client_id: &str,
         event_name: &str,
     ) -> Result<EventStream, ServiceError> {
+        let res = self.subscribe_inner(client_id, event_name);
+        self.count("subscribe", res, &self.inner.metrics.subscribes)
+    }
+
+    fn subscribe_inner(
+        &self,
+        client_id: &str,
+        event_name: &str,
+    ) -> Result<EventStream, ServiceError> {
         validate::event_name(event_name).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let inner = &self.inner;
         let (rx, end_rx, stream, notify, multiplex) = {
             let mut st = lock(&inner.state);
             let app = touch(&mut st, client_id)?;
-            let a = &inner.apps[app];
+            let apps = read(&inner.apps);
+            let a = apps.get(app).ok_or(ServiceError::NotAuthenticated)?;
             if !a.receive.allows(event_name) {
                 return Err(ServiceError::Forbidden(format!(
                     "app {:?} may not receive {:?}",
@@ -653,6 +678,24 @@ impl NodeService {
         given_block: Option<i64>,
         discard: bool,
     ) -> Result<(), ServiceError> {
+        let res = self
+            .finish_inner(client_id, idem, given_block, discard)
+            .await;
+        let m = &self.inner.metrics;
+        if discard {
+            self.count("discard", res, &m.discards)
+        } else {
+            self.count("ack", res, &m.acks)
+        }
+    }
+
+    async fn finish_inner(
+        &self,
+        client_id: &str,
+        idem: &str,
+        given_block: Option<i64>,
+        discard: bool,
+    ) -> Result<(), ServiceError> {
         let what = if discard { "discard" } else { "acknowledge" };
         let (key, block) = self
             .inner
@@ -670,6 +713,19 @@ impl NodeService {
     /// `DeferEvent` / `DeferMessage`: takes the event out of flight and delivers it again
     /// after `delay_ms` (1000 ..= 86 400 000). Returns the due time, epoch ms.
     pub async fn defer(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        delay_ms: i64,
+        reason: &str,
+    ) -> Result<u64, ServiceError> {
+        let res = self
+            .defer_inner(client_id, event_idem, delay_ms, reason)
+            .await;
+        self.count("defer", res, &self.inner.metrics.defers)
+    }
+
+    async fn defer_inner(
         &self,
         client_id: &str,
         event_idem: &str,
@@ -701,11 +757,25 @@ impl NodeService {
         event_idem: &str,
         event_name: &str,
     ) -> Result<DeliveredEvent, ServiceError> {
+        let res = self.replay_inner(client_id, event_idem, event_name).await;
+        self.count("replay", res, &self.inner.metrics.replays)
+    }
+
+    async fn replay_inner(
+        &self,
+        client_id: &str,
+        event_idem: &str,
+        event_name: &str,
+    ) -> Result<DeliveredEvent, ServiceError> {
         let app = {
             let mut st = lock(&self.inner.state);
             touch(&mut st, client_id)?
         };
-        let a = &self.inner.apps[app];
+        let (key_text, app_name) = {
+            let apps = read(&self.inner.apps);
+            let a = apps.get(app).ok_or(ServiceError::NotAuthenticated)?;
+            (a.key_text.clone(), a.name.clone())
+        };
         let not_found =
             || ServiceError::NotFound(format!("no stored event {event_idem:?} for this app"));
         if event_idem.is_empty() {
@@ -716,7 +786,7 @@ impl NodeService {
             .backend
             .get(event_idem)
             .await?
-            .filter(|s| *s.event.recipient == *a.key_text)
+            .filter(|s| *s.event.recipient == *key_text)
             .ok_or_else(not_found)?;
         let ev = stored.event;
         if !event_name.is_empty() && ev.name != event_name {
@@ -725,10 +795,10 @@ impl NodeService {
                 ev.name
             )));
         }
-        if !a.receive.allows(&ev.name) {
+        if self.inner.check_receive(app, &ev.name).is_err() {
             return Err(ServiceError::Forbidden(format!(
-                "app {:?} may not receive {:?}",
-                a.name, ev.name
+                "app {app_name:?} may not receive {:?}",
+                ev.name
             )));
         }
         if now_ms().saturating_sub(ev.published_ms) > self.inner.settings.retention_ms {
@@ -775,6 +845,37 @@ impl NodeService {
         Ok(())
     }
 
+    /// The node's metrics in the Prometheus text format (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let stats = self.stats();
+        let backend = self.inner.backend.stats();
+        self.inner.metrics.encode(crate::metrics::Snapshot {
+            sessions: stats.sessions as u64,
+            subscriptions: stats.subscriptions as u64,
+            in_flight: stats.in_flight as u64,
+            ready: stats.ready as u64,
+            deferred: stats.deferred as u64,
+            store_bytes: backend.store_bytes.unwrap_or(0),
+            commits: backend.commits,
+        })
+    }
+
+    /// Counts the outcome of one operation: `ok` on success, a refusal by reason else.
+    fn count<T>(
+        &self,
+        op: &'static str,
+        res: Result<T, ServiceError>,
+        ok: &prometheus_client::metrics::counter::Counter,
+    ) -> Result<T, ServiceError> {
+        match &res {
+            Ok(_) => {
+                ok.inc();
+            }
+            Err(e) => self.inner.metrics.refuse(op, e.reason()),
+        }
+        res
+    }
+
     /// Counters (sessions, subscriptions, in-flight, ready and deferred events).
     pub fn stats(&self) -> NodeStats {
         let backend = self.inner.backend.stats();
@@ -791,9 +892,12 @@ impl NodeService {
     }
 }
 
-/// Constant-time equality of two byte strings (the length is not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{DeliveredEvent, Inner, ServiceError, StreamEnd, lock};
+use super::{DeliveredEvent, Inner, ServiceError, StreamEnd, lock, read};
 use crate::backend::{Backend, QueueKey};
 
 pub(super) struct Session {
@@ -116,14 +116,14 @@ impl State {
 
 impl Inner {
     pub(super) fn check_receive(&self, app: usize, name: &str) -> Result<(), ServiceError> {
-        let a = &self.apps[app];
-        if a.receive.allows(name) {
-            Ok(())
-        } else {
-            Err(ServiceError::Forbidden(format!(
+        let apps = read(&self.apps);
+        match apps.get(app) {
+            Some(a) if a.receive.allows(name) => Ok(()),
+            Some(a) => Err(ServiceError::Forbidden(format!(
                 "app {:?} may not receive {name:?}",
                 a.name
-            )))
+            ))),
+            None => Err(ServiceError::NotAuthenticated),
         }
     }
 
@@ -162,7 +162,11 @@ impl Inner {
                     }
                 }
             }
-            Some(f) if *f.key.recipient == *self.apps[app].key_text => {
+            Some(f)
+                if read(&self.apps)
+                    .get(app)
+                    .is_some_and(|a| *f.key.recipient == *a.key_text) =>
+            {
                 return Err(ServiceError::NotInFlight(format!(
                     "cannot {what} event {idem:?}: it is in flight to another session of this app"
                 )));
@@ -195,7 +199,8 @@ impl Inner {
         st.return_where(&*self.backend, |f| &*f.session == client_id);
         st.sessions.remove(client_id);
         drop(st);
-        tracing::info!(app = %self.apps[app].name, reason = %why, "session ended");
+        let name = read(&self.apps).get(app).map(|a| a.name.clone());
+        tracing::info!(app = name.as_deref().unwrap_or("(deleted)"), reason = %why, "session ended");
     }
 
     /// A subscription stream was dropped by its consumer (client gone or stream ended).

@@ -1,12 +1,10 @@
 //! The `[jetstream]` table of the node configuration.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroize;
 
-use crate::config::{ConfigError, field_err};
+use crate::config::{ConfigError, SecretString, field_err};
 
 /// Default stream name (and subject prefix) of the JetStream backend.
 pub const DEFAULT_JETSTREAM_STREAM: &str = "ENSYNC";
@@ -60,10 +58,10 @@ pub struct JetStreamConfig {
     pub user: Option<String>,
     /// Password of `user`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<Secret>,
+    pub password: Option<SecretString>,
     /// An authentication token.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     /// PEM file of the CA certificates to trust for the servers (else the system's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
@@ -94,43 +92,6 @@ impl Default for JetStreamConfig {
             tls_key: None,
             tls_required: false,
         }
-    }
-}
-
-/// A secret of the config file (`password`, `token`): `Debug` shows `<redacted>`, and
-/// the text is zeroized on drop.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret text.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        self.0.zeroize();
     }
 }
 
@@ -235,7 +196,7 @@ impl JetStreamConfig {
             }
             _ => {}
         }
-        if self.token.as_ref().is_some_and(|t| t.0.is_empty()) {
+        if self.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
             return Err(field_err(at("token"), "must not be empty"));
         }
         let methods = [

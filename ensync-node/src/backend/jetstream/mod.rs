@@ -943,6 +943,8 @@ impl Backend for JetStreamBackend {
             held: Some(held),
             commits: published,
             committed_ops: published,
+            // The stream's bytes are on the servers, not here.
+            store_bytes: None,
         }
     }
 
