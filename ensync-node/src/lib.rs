@@ -2,13 +2,14 @@
 //!
 //! Serves both RPC generations of the EnSync gRPC protocol (PROTOCOL.md) on one port,
 //! with apps and permissions from a config file, durable per-(recipient, event name)
-//! queues in an embedded transactional store ([`redb`]) with group commit, at-least-once
+//! queues in an embedded transactional store ([`redb`]) with group commit (or, for
+//! several nodes, in a shared NATS JetStream stream: `store = "jetstream"`), at-least-once
 //! delivery with ack / defer / discard / pause / continue / replay, optional TLS. It
 //! stores no app secret and never decrypts a payload.
 //!
 //! Layers:
 //! - [`backend`]: the queue-level [`backend::Backend`] interface (what several nodes
-//!   share) and its embedded implementation;
+//!   share) and its two implementations, embedded and JetStream;
 //! - [`store`]: the [`store::Store`] trait and its redb implementation, under the
 //!   embedded backend;
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
