@@ -162,9 +162,10 @@ async fn run_node(args: NodeArgs) -> Result<(), NodeError> {
     config.accept_store_rollback = args.accept_store_rollback;
     let apps = config.apps.len();
     let data_dir = config.data_dir.clone();
+    let store = config.store;
     let node = Node::start(config).await?;
     let scheme = if node.is_tls() { "grpcs" } else { "grpc" };
-    tracing::info!(%scheme, apps, data_dir = %data_dir.display(), "serving");
+    tracing::info!(%scheme, apps, ?store, data_dir = %data_dir.display(), "serving");
     let mut ready = format!("ensync node ready grpc={}", node.grpc_addr());
     if let Some(ws) = node.ws_addr() {
         ready += &format!(" ws={ws}");

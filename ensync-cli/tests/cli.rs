@@ -133,6 +133,12 @@ fn bad_config_exits_non_zero_naming_the_field() {
             format!("data_dir = \"{data}\"\ntls_cert = \"c.pem\"\n"),
             "tls_key",
         ),
+        ("store = \"jetstream\"\n".to_owned(), "jetstream"),
+        (
+            "store = \"jetstream\"\n[jetstream]\nservers = [\"nats://127.0.0.1:4222\"]\nreplicas = 7\n"
+                .to_owned(),
+            "jetstream.replicas",
+        ),
         (
             format!("data_dir = \"{data}\"\nadmin_listen = \"127.0.0.1:0\"\n"),
             "admin_key",

@@ -50,6 +50,22 @@ pub const GRPC_FRAMING_ALLOWANCE: usize = 64 * 1024;
 /// Default size of the store's page cache, 32 MiB (redb's own default is 1 GiB).
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+pub use crate::backend::jetstream::config::{
+    DEFAULT_JETSTREAM_ACK_WAIT_MS, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_STREAM,
+    JetStreamConfig,
+};
+
+/// Where a node keeps its queues (`store` in the config file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded redb store in `data_dir` (the default): one machine.
+    #[default]
+    Embedded,
+    /// A NATS JetStream cluster shared by several nodes (the `[jetstream]` table).
+    Jetstream,
+}
+
 /// The whole node configuration.
 ///
 /// Read from TOML with [`NodeConfig::from_toml_str`] / [`NodeConfig::from_file`], or
@@ -72,6 +88,10 @@ pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
+    /// Where the queues live: `"embedded"` (the default: the redb store in `data_dir`,
+    /// one machine) or `"jetstream"` (a NATS JetStream cluster that several nodes share,
+    /// configured by the `[jetstream]` table).
+    pub store: StoreKind,
     /// Address of the gRPC endpoint (`"127.0.0.1:0"` picks a free port).
     pub grpc_listen: SocketAddr,
     /// Directory of the durable store (created if missing). Its `events.redb` is created
@@ -155,6 +175,10 @@ pub struct NodeConfig {
     /// nor shown by `Debug`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<SecretString>,
+    /// The NATS JetStream cluster of `store = "jetstream"` (the `[jetstream]` table);
+    /// must be unset with the embedded store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamConfig>,
     /// The apps allowed to connect (the bootstrap: apps made through the admin API are
     /// kept in the store and come on top of these).
     pub apps: Vec<AppConfig>,
@@ -199,6 +223,7 @@ impl Drop for SecretString {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Embedded,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./ensync-data"),
             ws_listen: None,
@@ -220,6 +245,7 @@ impl Default for NodeConfig {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+            jetstream: None,
             admin_listen: None,
             admin_key: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
@@ -323,7 +349,7 @@ pub enum ConfigError {
     },
 }
 
-fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         reason: reason.into(),
@@ -448,6 +474,22 @@ impl NodeConfig {
             if value == 0 {
                 return Err(field_err(field, "must be greater than 0"));
             }
+        }
+        match (self.store, &self.jetstream) {
+            (StoreKind::Embedded, Some(_)) => {
+                return Err(field_err(
+                    "jetstream",
+                    "the [jetstream] table is set but store is \"embedded\" (set store = \"jetstream\", or remove the table)",
+                ));
+            }
+            (StoreKind::Jetstream, None) => {
+                return Err(field_err(
+                    "jetstream",
+                    "store = \"jetstream\" needs a [jetstream] table with `servers`",
+                ));
+            }
+            (StoreKind::Jetstream, Some(js)) => js.validate()?,
+            (StoreKind::Embedded, None) => {}
         }
         if self.store_cache_bytes < MIN_STORE_CACHE_BYTES {
             return Err(field_err(

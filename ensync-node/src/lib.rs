@@ -2,13 +2,14 @@
 //!
 //! Serves both RPC generations of the EnSync gRPC protocol (PROTOCOL.md) on one port,
 //! with apps and permissions from a config file, durable per-(recipient, event name)
-//! queues in an embedded transactional store ([`redb`]) with group commit, at-least-once
+//! queues in an embedded transactional store ([`redb`]) with group commit (or, for
+//! several nodes, in a shared NATS JetStream stream: `store = "jetstream"`), at-least-once
 //! delivery with ack / defer / discard / pause / continue / replay, optional TLS. It
 //! stores no app secret and never decrypts a payload.
 //!
 //! Layers:
 //! - [`backend`]: the queue-level [`backend::Backend`] interface (what several nodes
-//!   share) and its embedded implementation;
+//!   share) and its two implementations, embedded and JetStream;
 //! - [`store`]: the [`store::Store`] trait and its redb implementation, under the
 //!   embedded backend;
 //! - [`service`]: the transport-independent core ([`service::NodeService`], one plain
@@ -102,8 +103,9 @@ pub enum NodeError {
 pub struct Node;
 
 impl Node {
-    /// Validates `config`, opens the store in `config.data_dir`, loads the pending events,
-    /// binds `config.grpc_listen` (port 0 picks a free port) and serves until
+    /// Validates `config`, opens the store (`store = "embedded"`: the redb file in
+    /// `config.data_dir`, loading the pending events; `store = "jetstream"`: connects to
+    /// the `[jetstream]` cluster and sets up its stream), binds `config.grpc_listen` (port 0 picks a free port) and serves until
     /// [`RunningNode::shutdown`]. Must be called inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         config.validate()?;
@@ -156,13 +158,21 @@ impl Node {
             _ => None,
         };
 
-        let store = Arc::new(store::RedbStore::open_with(
-            &config.data_dir,
-            &store::StoreOptions::default()
-                .with_cache_bytes(config.store_cache_bytes)
-                .with_accept_rollback(config.accept_store_rollback),
-        )?);
-        let service = NodeService::new(&config, store)?;
+        let service = match config.store {
+            config::StoreKind::Embedded => {
+                let store = Arc::new(store::RedbStore::open_with(
+                    &config.data_dir,
+                    &store::StoreOptions::default()
+                        .with_cache_bytes(config.store_cache_bytes)
+                        .with_accept_rollback(config.accept_store_rollback),
+                )?);
+                NodeService::new(&config, store)?
+            }
+            config::StoreKind::Jetstream => {
+                let backend = backend::jetstream::JetStreamBackend::connect(&config).await?;
+                NodeService::with_backend(&config, Arc::new(backend))?
+            }
+        };
         if let Err(e) = service.load_admin_records().await {
             service.close().await;
             return Err(NodeError::Io(format!(

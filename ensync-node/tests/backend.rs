@@ -1,6 +1,9 @@
 //! The contract of `ensync_node::backend::Backend` (its module docs), checked on the
-//! embedded backend. The checks take any backend, so every implementation runs the same
+//! embedded backend and on the JetStream backend (over the loopback cluster of
+//! `common::nats`). The checks take any backend, so every implementation runs the same
 //! ones (`check_contract`).
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +179,32 @@ async fn the_embedded_backend_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RedbStore::open(dir.path()).unwrap());
     let backend = Arc::new(EmbeddedBackend::open(store, true, 3_600_000).unwrap());
+    let tasks = backend.spawn_background();
+    check_contract(backend.clone()).await;
+    backend.close().await;
+    assert!(
+        backend.publish(event(99, R1, "x")).await.is_err(),
+        "a closed backend refuses writes"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_jetstream_backend_keeps_the_contract() {
+    let Some(cluster) = common::nats::shared("the_jetstream_backend_keeps_the_contract").await
+    else {
+        return;
+    };
+    let mut config = ensync_node::NodeConfig::default();
+    config.store = ensync_node::config::StoreKind::Jetstream;
+    config.jetstream = Some(cluster.jetstream_config(&common::nats::unique_stream()));
+    let backend = Arc::new(
+        ensync_node::backend::jetstream::JetStreamBackend::connect(&config)
+            .await
+            .unwrap(),
+    );
     let tasks = backend.spawn_background();
     check_contract(backend.clone()).await;
     backend.close().await;

@@ -567,7 +567,11 @@ async fn a_client_that_does_not_read_holds_a_bounded_window() {
     eventually("the window fills", || t.node.stats().in_flight == 8).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s = t.node.stats();
-    assert_eq!((s.in_flight, s.ready), (8, 92), "{s:?}");
+    assert_eq!(s.in_flight, 8, "{s:?}");
+    // The JetStream backend does not count ready events (they are in the stream).
+    if !on_jetstream() {
+        assert_eq!(s.ready, 92, "{s:?}");
+    }
     // Reading and acking drains everything, in order.
     let mut blocks = Vec::new();
     for _ in 0..100 {
@@ -584,7 +588,7 @@ async fn a_client_that_does_not_read_holds_a_bounded_window() {
     assert_eq!(blocks, sorted);
     eventually("all acked", || {
         let s = t.node.stats();
-        s.in_flight == 0 && s.ready == 0
+        s.in_flight == 0 && (s.ready == 0 || on_jetstream())
     })
     .await;
 }

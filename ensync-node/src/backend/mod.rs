@@ -11,7 +11,7 @@
 //! - [`embedded::EmbeddedBackend`]: the default, one machine: the queues in this
 //!   process's memory over a [`crate::store::Store`] (redb) with group commit;
 //! - the JetStream backend: several nodes sharing one NATS JetStream stream, one durable
-//!   consumer per queue (see `jetstream` when built).
+//!   consumer per queue ([`jetstream::JetStreamBackend`]).
 //!
 //! # Contract
 //! - [`Backend::publish`] answers only once the event is durable; the event is then ready
@@ -39,6 +39,7 @@ use crate::service::ServiceError;
 use crate::store::{NewEvent, StoredEvent};
 
 pub mod embedded;
+pub mod jetstream;
 
 /// A queue: the events of one event name for one recipient app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,6 +1,12 @@
 //! Helpers shared by the node's integration tests: an in-process node on an ephemeral
 //! port and the raw generated tonic client.
+//!
+//! With env `ENSYNC_TEST_STORE=jetstream`, [`start_with`] starts every node on the
+//! JetStream backend instead of the embedded store: over a 3-server cluster shared by
+//! the test process ([`nats::shared`]), a stream of its own per node.
 #![allow(dead_code)]
+
+pub mod nats;
 
 use std::time::Duration;
 
@@ -38,8 +44,34 @@ pub async fn start(n_apps: usize) -> TestNode {
     start_with(n_apps, |_| {}).await
 }
 
+/// Whether this run puts the test nodes on JetStream (`ENSYNC_TEST_STORE=jetstream`).
+pub fn on_jetstream() -> bool {
+    match std::env::var("ENSYNC_TEST_STORE").as_deref() {
+        Ok("jetstream") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("ENSYNC_TEST_STORE={other:?}: expected jetstream or embedded"),
+    }
+}
+
+/// For a test of what only the embedded store does (restart from its file, commit
+/// counts): `true` (after a note) when this run is on JetStream, so the test returns.
+pub fn embedded_only(test: &str) -> bool {
+    let js = on_jetstream();
+    if js {
+        eprintln!("not run on JetStream: {test} checks the embedded store");
+    }
+    js
+}
+
 pub async fn start_with(n_apps: usize, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
     let mut dev = DevSetup::generate(n_apps).expect("dev setup");
+    if on_jetstream() {
+        let cluster = nats::shared("ENSYNC_TEST_STORE=jetstream")
+            .await
+            .expect("ENSYNC_TEST_STORE=jetstream needs nats-server");
+        dev.config.store = ensync_node::config::StoreKind::Jetstream;
+        dev.config.jetstream = Some(cluster.jetstream_config(&nats::unique_stream()));
+    }
     tweak(&mut dev.config);
     let node = Node::start(dev.config.clone()).await.expect("node starts");
     TestNode { dev, node }
