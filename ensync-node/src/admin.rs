@@ -123,18 +123,13 @@ fn router(admin: Admin) -> Router {
         .with_state(admin)
 }
 
-/// Constant-time equality of two byte strings (the length is not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn authenticate(State(admin): State<Admin>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get("x-access-key")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !ct_eq(given, admin.key.expose().as_bytes()) {
+    if !crate::registry::ct_eq(given, admin.key.expose().as_bytes()) {
         tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong X-ACCESS-KEY");
         return error(StatusCode::UNAUTHORIZED, "missing or wrong X-ACCESS-KEY");
     }

@@ -781,10 +781,21 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
-fn encode(ev: &NewEvent, block: u64) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64 + ev.payload.len() + ev.metadata.len());
+/// The record of an event, as the store keeps it and the JetStream backend sends it as a
+/// message body: a version byte, a u64 `header` (the store: the block; JetStream: the
+/// id's tag), the publish time, then length-prefixed strings (the id is not in it: the
+/// store keys records by id, JetStream derives it from the sequence).
+pub(crate) fn encode_record(ev: &NewEvent, header: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        48 + ev.recipient.len()
+            + ev.name.len()
+            + ev.sender.len()
+            + ev.payload.len()
+            + ev.metadata.len()
+            + ev.payload_metadata.as_ref().map_or(0, String::len),
+    );
     buf.push(1); // format version
-    buf.extend_from_slice(&block.to_le_bytes());
+    buf.extend_from_slice(&header.to_le_bytes());
     buf.extend_from_slice(&ev.published_ms.to_le_bytes());
     put_str(&mut buf, &ev.recipient);
     put_str(&mut buf, &ev.name);
@@ -804,39 +815,42 @@ fn encode(ev: &NewEvent, block: u64) -> Vec<u8> {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         if self.0.len() < n {
-            return Err(StoreError::Corrupt("truncated record"));
+            return Err("truncated record");
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, StoreError> {
+    fn u8(&mut self) -> Result<u8, &'static str> {
         Ok(self.take(1)?[0])
     }
-    fn u64(&mut self) -> Result<u64, StoreError> {
-        let b = self.take(8)?;
+    fn u64(&mut self) -> Result<u64, &'static str> {
         let mut a = [0u8; 8];
-        a.copy_from_slice(b);
+        a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    fn string(&mut self) -> Result<String, StoreError> {
-        let b = self.take(4)?;
+    fn string(&mut self) -> Result<String, &'static str> {
         let mut a = [0u8; 4];
-        a.copy_from_slice(b);
+        a.copy_from_slice(self.take(4)?);
         let len = u32::from_le_bytes(a) as usize;
-        let s = self.take(len)?;
-        String::from_utf8(s.to_vec()).map_err(|_| StoreError::Corrupt("text is not UTF-8"))
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "text is not UTF-8")
     }
 }
 
-fn decode(id: &str, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+/// Reads a record written by [`encode_record`]: its header and the event with `id`.
+/// `strict`: bytes after the record are an error too.
+pub(crate) fn decode_record(
+    id: String,
+    bytes: &[u8],
+    strict: bool,
+) -> Result<(u64, NewEvent), &'static str> {
     let mut r = Reader(bytes);
     if r.u8()? != 1 {
-        return Err(StoreError::Corrupt("unknown record version"));
+        return Err("unknown record version");
     }
-    let block = r.u64()?;
+    let header = r.u64()?;
     let published_ms = r.u64()?;
     let recipient = r.string()?;
     let name = r.string()?;
@@ -846,21 +860,31 @@ fn decode(id: &str, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
     let payload_metadata = match r.u8()? {
         0 => None,
         1 => Some(r.string()?),
-        _ => return Err(StoreError::Corrupt("bad payload_metadata flag")),
+        _ => return Err("bad payload_metadata flag"),
     };
-    Ok(StoredEvent {
-        event: NewEvent {
-            id: id.to_owned(),
-            recipient,
-            name,
-            sender,
-            payload,
-            metadata,
-            payload_metadata,
-            published_ms,
-        },
-        block,
-    })
+    if strict && !r.0.is_empty() {
+        return Err("trailing bytes after the record");
+    }
+    let event = NewEvent {
+        id,
+        recipient,
+        name,
+        sender,
+        payload,
+        metadata,
+        payload_metadata,
+        published_ms,
+    };
+    Ok((header, event))
+}
+
+fn encode(ev: &NewEvent, block: u64) -> Vec<u8> {
+    encode_record(ev, block)
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    let (block, event) = decode_record(id.to_owned(), bytes, false).map_err(StoreError::Corrupt)?;
+    Ok(StoredEvent { event, block })
 }
 
 #[cfg(test)]

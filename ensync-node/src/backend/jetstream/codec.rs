@@ -8,7 +8,8 @@
 //!   same on every node, valid whatever the name holds);
 //! - event id: 16 hex digits of the stream sequence, then a 16-hex-digit tag stored in
 //!   the record (32 lowercase hex, the shape of the node's own ids);
-//! - record: a version byte, the tag, the publish time, then length-prefixed strings.
+//! - record: the store's record format (a version byte, here the tag, the publish time,
+//!   then length-prefixed strings).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -68,101 +69,17 @@ pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
     (seq > 0).then_some((seq, tag))
 }
 
-const VERSION: u8 = 1;
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-/// The record stored as the message body.
+/// The record stored as the message body: the store's record format
+/// ([`crate::store::encode_record`]) with the id's tag as its header.
 pub(crate) fn encode(ev: &NewEvent, tag: u64) -> Vec<u8> {
-    let pm = ev.payload_metadata.as_deref();
-    let mut buf = Vec::with_capacity(
-        48 + ev.recipient.len()
-            + ev.name.len()
-            + ev.sender.len()
-            + ev.payload.len()
-            + ev.metadata.len()
-            + pm.map_or(0, str::len),
-    );
-    buf.push(VERSION);
-    buf.extend_from_slice(&tag.to_le_bytes());
-    buf.extend_from_slice(&ev.published_ms.to_le_bytes());
-    put_str(&mut buf, &ev.recipient);
-    put_str(&mut buf, &ev.name);
-    put_str(&mut buf, &ev.sender);
-    put_str(&mut buf, &ev.payload);
-    put_str(&mut buf, &ev.metadata);
-    match pm {
-        Some(pm) => {
-            buf.push(1);
-            put_str(&mut buf, pm);
-        }
-        None => buf.push(0),
-    }
-    buf
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
-        if self.0.len() < n {
-            return Err("record is cut short");
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
-    }
-    fn u64(&mut self) -> Result<u64, &'static str> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(b))
-    }
-    fn string(&mut self) -> Result<String, &'static str> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        let n = u32::from_le_bytes(b) as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a text field is not UTF-8")
-    }
+    crate::store::encode_record(ev, tag)
 }
 
 /// Decodes a record stored at stream sequence `seq`: the event (its id made from `seq`
 /// and the stored tag) at block `seq`, and the tag.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<(StoredEvent, u64), &'static str> {
-    let mut r = Reader(bytes);
-    if r.u8()? != VERSION {
-        return Err("unknown record version");
-    }
-    let tag = r.u64()?;
-    let published_ms = r.u64()?;
-    let recipient = r.string()?;
-    let name = r.string()?;
-    let sender = r.string()?;
-    let payload = r.string()?;
-    let metadata = r.string()?;
-    let payload_metadata = match r.u8()? {
-        0 => None,
-        1 => Some(r.string()?),
-        _ => return Err("bad payload_metadata flag"),
-    };
-    if !r.0.is_empty() {
-        return Err("trailing bytes after the record");
-    }
-    let event = NewEvent {
-        id: event_id(seq, tag),
-        recipient,
-        name,
-        sender,
-        payload,
-        metadata,
-        payload_metadata,
-        published_ms,
-    };
+    let (tag, mut event) = crate::store::decode_record(String::new(), bytes, true)?;
+    event.id = event_id(seq, tag);
     Ok((StoredEvent { event, block: seq }, tag))
 }
 
