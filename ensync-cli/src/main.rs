@@ -26,8 +26,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print a fresh Ed25519 key pair for an app as JSON
-    /// ({"public_key": ..., "secret_key": ...}, standard base64).
-    Keygen,
+    /// ({"public_key": ..., "secret_key": ...}, standard base64); with `--app NAME`, an
+    /// `[[apps]]` block for a node's TOML file instead.
+    Keygen(KeygenArgs),
     /// Run an EnSync node.
     Node(NodeArgs),
     /// Publish events: prints each event's id (one line per recipient and payload).
@@ -38,6 +39,27 @@ enum Command {
     /// Administer a node through its admin API (access keys, permissions, key pairs,
     /// event definitions); prints the node's JSON answers.
     Admin(admin_cli::AdminArgs),
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Print an `[[apps]]` block for a node's config (name, a fresh access key, the new
+    /// public key, `--send`/`--receive`) on stdout instead of JSON; the app's own
+    /// credentials (access key and secret key, which the node never needs) go to
+    /// `--env FILE`, else to stderr, as `export ENSYNC_APP_KEY=...` lines (with
+    /// `ENSYNC_PUBLIC_KEY`, its address).
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
+    /// With `--app`: an event-name pattern it may publish (repeat, or comma-separated).
+    #[arg(long, requires = "app", value_delimiter = ',')]
+    send: Vec<String>,
+    /// With `--app`: an event-name pattern it may subscribe to (repeat, or comma-separated).
+    #[arg(long, requires = "app", value_delimiter = ',')]
+    receive: Vec<String>,
+    /// With `--app`: write the app's credentials here (created with mode 0600; refused if
+    /// it exists), for `. FILE` before `ensync publish` / `ensync subscribe`.
+    #[arg(long, requires = "app", value_name = "FILE")]
+    env: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -72,15 +94,7 @@ struct NodeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen => {
-            let kp = ensync_node::keys::generate();
-            let out = serde_json::json!({
-                "public_key": kp.public_key,
-                "secret_key": kp.secret_key.as_str(),
-            });
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
+        Command::Keygen(args) => keygen(args),
         Command::Publish(args) => {
             init_logging("warn");
             cli_client::publish(args)
@@ -197,4 +211,74 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `ensync keygen [--app NAME ...]`.
+fn keygen(args: KeygenArgs) -> ExitCode {
+    let kp = ensync_node::keys::generate();
+    let Some(name) = args.app else {
+        let out = serde_json::json!({
+            "public_key": kp.public_key,
+            "secret_key": kp.secret_key.as_str(),
+        });
+        println!("{out}");
+        return ExitCode::SUCCESS;
+    };
+    let mut app =
+        ensync_node::AppConfig::new(name, ensync_node::keys::random_access_key(), &kp.public_key);
+    app.send = args.send;
+    app.receive = args.receive;
+    // The same checks as the node's (name, patterns), so the block is known good.
+    let mut probe = NodeConfig::new(".");
+    probe.apps.push(app.clone());
+    if let Err(e) = probe.validate() {
+        eprintln!("ensync keygen: {e}");
+        return ExitCode::from(2);
+    }
+    #[derive(serde::Serialize)]
+    struct Block<'a> {
+        apps: [&'a ensync_node::AppConfig; 1],
+    }
+    let block = match toml::to_string(&Block { apps: [&app] }) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("ensync keygen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = zeroize::Zeroizing::new(format!(
+        "# {}: its access key and secret key (keep them with the app, not in the node's config)\n\
+         export ENSYNC_APP_KEY='{}'\nexport ENSYNC_SECRET_KEY='{}'\n\
+         # its public key (its address: what others publish to)\nexport ENSYNC_PUBLIC_KEY='{}'\n",
+        app.name,
+        app.access_key,
+        kp.secret_key.as_str(),
+        kp.public_key
+    ));
+    match &args.env {
+        Some(path) => {
+            if let Err(e) = write_private(path, env.as_bytes()) {
+                eprintln!("ensync keygen: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        None => eprint!("{}", env.as_str()),
+    }
+    print!("{block}");
+    ExitCode::SUCCESS
+}
+
+/// Creates `path` (not there before) readable by its owner only, with `data`.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }

@@ -85,6 +85,80 @@ fn keygen_prints_a_valid_key_pair() {
     assert_ne!(again.stdout, out.stdout, "fresh keys each time");
 }
 
+#[test]
+fn keygen_app_prints_a_config_block_and_keeps_the_secret_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("orders.env");
+    let out = Command::new(BIN)
+        .args(["keygen", "--app", "orders", "--send", "orders/*,audit/*"])
+        .args(["--receive", "billing/*", "--env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let block = String::from_utf8(out.stdout).unwrap();
+    let env_text = std::fs::read_to_string(&env).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&env).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let value = |name: &str| {
+        let line = env_text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}='")))
+            .unwrap_or_else(|| panic!("no {name} in {env_text}"));
+        line.trim_end_matches('\'').to_owned()
+    };
+    let secret = value("ENSYNC_SECRET_KEY");
+    let access = value("ENSYNC_APP_KEY");
+    assert!(
+        !block.contains(&secret),
+        "the node's block holds no secret key"
+    );
+    // The block is a valid node config whose app is this key pair.
+    let data = dir.path().join("data");
+    let text = format!("data_dir = {:?}\n{block}", data.display().to_string());
+    let config: ensync_node::NodeConfig = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
+    let app = &config.apps[0];
+    assert_eq!(app.name, "orders");
+    assert_eq!(app.access_key, access);
+    assert_eq!(app.send, ["orders/*", "audit/*"]);
+    assert_eq!(app.receive, ["billing/*"]);
+    let sk = ensync_proto::keys::SecretKey::from_base64(&secret).unwrap();
+    assert_eq!(sk.public_key().to_base64(), app.public_key);
+
+    // Refused: an existing --env file (not overwritten), a bad pattern, --send alone.
+    let again = Command::new(BIN)
+        .args(["keygen", "--app", "x", "--env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), env_text);
+    let bad = Command::new(BIN)
+        .args(["keygen", "--app", "x", "--send", "a/*/b"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let alone = Command::new(BIN)
+        .args(["keygen", "--send", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(alone.status.code(), Some(2));
+}
+
 fn run_with_config(dir: &Path, text: &str) -> (bool, String) {
     let path = dir.join("bad.toml");
     std::fs::write(&path, text).unwrap();

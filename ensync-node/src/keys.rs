@@ -38,6 +38,12 @@ pub fn generate() -> KeyPair {
     }
 }
 
+/// A fresh access key: 128 random bits as 32 hex characters (what the admin API and
+/// `ensync keygen --app` hand out).
+pub fn random_access_key() -> String {
+    crate::service::random_id()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
