@@ -20,7 +20,10 @@
 #   2. e2e: `ensync-bench e2e`: the tokio, h2, blocking and WebSocket clients and the
 #      published Python client (ensync-sdk 0.4.4) against one node, same run;
 #   3. node: `ensync-bench node`: durable publishes/s (group commit vs one commit per
-#      event) and the node's peak RSS with 1 000 000 queued 1 KB events.
+#      event) and the node's peak RSS with 1 000 000 queued 1 KB events;
+#   4. jetstream: `ensync-bench jetstream`: on a 3-server NATS cluster on loopback,
+#      durable publishes/s and conc64-1k end to end beside the embedded store, and the
+#      stall when the NATS server leading the stream is SIGKILLed (work tree only).
 # The whole report is also written to target/bench/report.md (JSON of parts 2 and 3 in
 # target/bench/*.json). Python comes from scripts/python-env.sh (.venv, pinned).
 #
@@ -209,6 +212,18 @@ if [ -n "$base_bin" ]; then
 else
     target/release/ensync-bench node "${node_args[@]}" 2> >(tee "$out/node.log" >&3) || { echo "ensync-bench node failed (see $out/node.log)"; exit 1; }
 fi
+
+echo
+echo "## 4. The JetStream backend beside the embedded one (load before: $(load))"
+echo
+# Needs nats-server (scripts/python-env.sh installs it into .venv); the work tree only,
+# also with --compare (a base from before the JetStream bench has no such part).
+js_args=(--json "$out/jetstream.json" --nats-server "${ENSYNC_NATS_SERVER:-$root/.venv/bin/nats-server}")
+if [ "$quick" = 1 ]; then
+    js_args+=(--quick)
+fi
+target/release/ensync-bench jetstream "${js_args[@]}" 2> >(tee "$out/jetstream.log" >&3) \
+    || { echo "ensync-bench jetstream failed (see $out/jetstream.log)"; exit 1; }
 
 echo
 echo "Load after: $(load). Whole run: $(( $(date +%s) - started )) s (progress logs in $out/*.log)."

@@ -364,6 +364,81 @@ pub fn run(args: &E2eArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// What one scenario achieved on one adapter, for other benchmarks (the JetStream
+/// comparison runs `conc64-1k` against a node of each backend).
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    /// Publishes that succeeded.
+    pub published: usize,
+    /// Handler starts.
+    pub delivered: usize,
+    /// Deliveries per second (see the main table's note).
+    pub rate: f64,
+    /// Publish-to-handler latency.
+    pub latency: Percentiles,
+    /// The node's CPU time over the scenario.
+    pub node_cpu: Option<Duration>,
+    /// This process's CPU time (the clients) over the scenario.
+    pub client_cpu: Option<Duration>,
+    /// The scenario's first error.
+    pub error: Option<String>,
+}
+
+/// Runs scenario `id` (see [`scenarios`]) once on the async `adapter` against `node`,
+/// whose apps are `dev`'s (app 0 publishes, the others receive).
+pub(crate) fn run_scenario_on(
+    adapter: &str,
+    node: &NodeProcess,
+    dev: &DevSetup,
+    id: &str,
+    quick: bool,
+    seconds: f64,
+) -> Result<Summary, BoxError> {
+    let args = E2eArgs {
+        quick,
+        adapters: vec![adapter.to_owned()],
+        scenarios: vec![id.to_owned()],
+        python: None,
+        node_window: None,
+        seconds,
+        json: None,
+    };
+    let scenarios = scenarios(&args);
+    if scenarios.is_empty() {
+        return Err(format!("no scenario {id:?}").into());
+    }
+    let mut apps = dev.apps.clone();
+    if apps.len() < 2 {
+        return Err("a scenario needs a publisher and a recipient app".into());
+    }
+    let publisher = apps.remove(0);
+    let apps = Apps {
+        publisher,
+        recipients: apps,
+    };
+    let grpc_url = format!("grpc://{}", node.grpc_addr);
+    let ws_url = node.ws_addr.map(|a| format!("ws://{a}"));
+    let (_, o) = run_async_adapter(
+        adapter,
+        &grpc_url,
+        ws_url.as_deref(),
+        &apps,
+        &scenarios,
+        node,
+    )?
+    .pop()
+    .ok_or("the scenario did not run")?;
+    Ok(Summary {
+        published: o.published,
+        delivered: o.delivered,
+        rate: o.rate(),
+        latency: o.latency,
+        node_cpu: o.node_cpu,
+        client_cpu: o.client_cpu,
+        error: o.error,
+    })
+}
+
 /// One adapter's result in one scenario, as numbers (the JSON's `results`).
 fn raw_result(adapter: &str, sc: &Scenario, o: &Outcome) -> serde_json::Value {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -502,7 +577,8 @@ fn engine_options() -> EngineOptions {
     EngineOptions::default()
 }
 
-async fn connect(
+/// A client of `app` on the async `adapter` (tokio, h2 or ws).
+pub(crate) async fn connect(
     adapter: &str,
     grpc_url: &str,
     ws_url: Option<&str>,

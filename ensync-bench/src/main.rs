@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p ensync-bench -- e2e      # every adapter + the published Python client
 //! cargo run --release -p ensync-bench -- node     # durable publishes/s, peak RSS with a backlog
+//! cargo run --release -p ensync-bench -- jetstream  # the JetStream backend beside the embedded one
 //! ```
 //!
 //! Every scenario runs against a node started by the bench in a child process
@@ -11,6 +12,7 @@
 //! slow number.
 
 mod e2e;
+mod js_bench;
 mod node_bench;
 mod nodeproc;
 mod report;
@@ -36,6 +38,10 @@ enum Command {
     /// The node alone: durable publishes/s (group commit vs one commit per event) and
     /// peak RSS while a backlog of events is queued.
     Node(node_bench::NodeArgs),
+    /// The JetStream backend beside the embedded one: durable publishes/s, end to end,
+    /// and the stall when the NATS server leading the stream is killed (needs
+    /// `nats-server`).
+    Jetstream(js_bench::JetStreamArgs),
     /// Internal: serve a node from a TOML config (used as the benchmarks' child process).
     /// Prints `ensync node ready grpc=ADDR [ws=ADDR]` and serves until stdin closes.
     ServeNode {
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::E2e(args) => e2e::run(&args),
         Command::Node(args) => node_bench::run(&args),
+        Command::Jetstream(args) => js_bench::run(&args),
         Command::ServeNode { config } => nodeproc::serve(&config),
     };
     match result {

@@ -78,12 +78,13 @@ fn payload() -> String {
 }
 
 /// A node on a fresh data directory with two generated apps (publisher, recipient).
-struct Bench {
-    setup: DevSetup,
+pub(crate) struct Bench {
+    /// The node's config and apps.
+    pub setup: DevSetup,
 }
 
 impl Bench {
-    fn new(group_commit: bool, cache_mib: Option<usize>) -> Result<Self, BoxError> {
+    pub(crate) fn new(group_commit: bool, cache_mib: Option<usize>) -> Result<Self, BoxError> {
         let mut setup = DevSetup::generate(2)?;
         setup.config.ws_listen = None;
         setup.config.group_commit = group_commit;
@@ -93,13 +94,13 @@ impl Bench {
         Ok(Bench { setup })
     }
 
-    fn spawn(&self) -> Result<NodeProcess, BoxError> {
+    pub(crate) fn spawn(&self) -> Result<NodeProcess, BoxError> {
         NodeProcess::spawn(&self.setup.config)
     }
 }
 
 /// Publishers on `connections` HTTP/2 connections of one session.
-struct Publishers {
+pub(crate) struct Publishers {
     clients: Vec<EnSyncServiceClient<Channel>>,
     client_id: String,
     to: String,
@@ -107,7 +108,7 @@ struct Publishers {
 }
 
 impl Publishers {
-    async fn connect(
+    pub(crate) async fn connect(
         node: &NodeProcess,
         bench: &Bench,
         connections: usize,
@@ -138,7 +139,7 @@ impl Publishers {
     /// Runs `concurrency` publish loops; each takes tickets from `tickets` until
     /// `more(ticket)` is false. Returns (published, failed, latencies of the successful
     /// publishes when `latencies`).
-    async fn run(
+    pub(crate) async fn run(
         &self,
         concurrency: usize,
         more: Arc<dyn Fn(u64) -> bool + Send + Sync>,
