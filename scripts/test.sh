@@ -7,8 +7,10 @@
 # 2. the published Node.js client (tests/interop/node_modules/, `npm ci` from the
 #    committed lockfile; skipped with a note when npm is missing, except under CI);
 # 3. cargo fmt --check, clippy -D warnings, and cargo test for the whole workspace;
-#    then the node's gRPC and WebSocket suites once more with ENSYNC_TEST_STORE=jetstream
-#    (every test node on a 3-server NATS cluster on loopback).
+#    then the node's gRPC and WebSocket suites, the byte-level Go/Node.js client checks
+#    and the suites that drive the published Python, Node.js and Python WebSocket
+#    clients once more with ENSYNC_TEST_STORE=jetstream (every test node on a 3-server
+#    NATS cluster on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +26,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== cargo test: the node's gRPC and WebSocket suites again, on the JetStream backend"
-ENSYNC_TEST_STORE=jetstream cargo test --locked -p ensync-node --test grpc --test ws
+echo "== cargo test: the node's gRPC and WebSocket suites and the published-client interop suites again, on the JetStream backend"
+ENSYNC_TEST_STORE=jetstream cargo test --locked -p ensync-node -p ensync-tests \
+    --test grpc --test ws --test published_clients \
+    --test interop_python --test interop_node --test ws_python

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod interop_node;
+// The NATS JetStream cluster harness of the node's tests (one copy, shared): what
+// [`node::TestNode`] puts its nodes on with `ENSYNC_TEST_STORE=jetstream`.
+#[path = "../../ensync-node/tests/common/nats.rs"]
+mod nats;
 pub mod node;
 pub mod report;
 

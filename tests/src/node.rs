@@ -1,6 +1,10 @@
 //! In-process nodes for the end-to-end tests of the SDKs: a node on `127.0.0.1:0` with
 //! generated apps, restartable on the same port and data directory, and a variant that
 //! serves only one RPC generation.
+//!
+//! With env `ENSYNC_TEST_STORE=jetstream` every node is on the JetStream backend (a
+//! stream of its own on a 3-server loopback cluster shared by the test process; see
+//! [`store_from_env`]): `scripts/test.sh` runs the interop suites that way too.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,6 +50,30 @@ pub fn fast_options() -> EngineOptions {
         .max_reconnect_attempts(50)
         .request_timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(5))
+}
+
+/// Whether this run puts the test nodes on JetStream (`ENSYNC_TEST_STORE=jetstream`;
+/// unset or `embedded`: the embedded store).
+pub fn on_jetstream() -> bool {
+    match std::env::var("ENSYNC_TEST_STORE").as_deref() {
+        Ok("jetstream") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("ENSYNC_TEST_STORE={other:?}: expected jetstream or embedded"),
+    }
+}
+
+/// Puts `config` on the backend this run asks for: with `ENSYNC_TEST_STORE=jetstream`,
+/// a stream of its own on the process's shared 3-server NATS cluster (a missing
+/// `nats-server` fails the test then); else unchanged (the embedded store).
+pub async fn store_from_env(config: &mut NodeConfig) {
+    if !on_jetstream() {
+        return;
+    }
+    let cluster = crate::nats::shared("ENSYNC_TEST_STORE=jetstream")
+        .await
+        .expect("ENSYNC_TEST_STORE=jetstream needs nats-server");
+    config.store = ensync_node::config::StoreKind::Jetstream;
+    config.jetstream = Some(cluster.jetstream_config(&crate::nats::unique_stream()));
 }
 
 /// Which RPC generation a [`TestNode`] refuses (answers `UNIMPLEMENTED`).
@@ -95,6 +123,7 @@ impl TestNode {
         tweak: impl FnOnce(&mut NodeConfig),
     ) -> Self {
         let mut setup = DevSetup::generate(apps).expect("generate dev setup");
+        store_from_env(&mut setup.config).await;
         tweak(&mut setup.config);
         let mut node = TestNode {
             setup,
@@ -111,7 +140,8 @@ impl TestNode {
     /// instead of the client's own (so that it answers our clients in the form it
     /// answers that client, e.g. `grpc-python/1.85.3`: the bare-envelope replay).
     pub async fn start_seeing_user_agent(apps: usize, user_agent: &'static str) -> Self {
-        let setup = DevSetup::generate(apps).expect("generate dev setup");
+        let mut setup = DevSetup::generate(apps).expect("generate dev setup");
+        store_from_env(&mut setup.config).await;
         let mut node = TestNode {
             setup,
             running: None,
@@ -149,9 +179,20 @@ impl TestNode {
 
     async fn boot_filtered(&mut self, refuse: Refuse) -> Running {
         let config = &self.setup.config;
-        let store =
-            Arc::new(ensync_node::store::RedbStore::open(&config.data_dir).expect("open store"));
-        let service = NodeService::new(config, store).expect("node service");
+        let service = match config.store {
+            ensync_node::config::StoreKind::Embedded => {
+                let store = Arc::new(
+                    ensync_node::store::RedbStore::open(&config.data_dir).expect("open store"),
+                );
+                NodeService::new(config, store).expect("node service")
+            }
+            ensync_node::config::StoreKind::Jetstream => {
+                let backend = ensync_node::backend::jetstream::JetStreamBackend::connect(config)
+                    .await
+                    .expect("connect to JetStream");
+                NodeService::with_backend(config, Arc::new(backend)).expect("node service")
+            }
+        };
         let tasks = service.spawn_background();
         let listener = tokio::net::TcpListener::bind(config.grpc_listen)
             .await
