@@ -105,8 +105,10 @@ pub struct Node;
 impl Node {
     /// Validates `config`, opens the store (`store = "embedded"`: the redb file in
     /// `config.data_dir`, loading the pending events; `store = "jetstream"`: connects to
-    /// the `[jetstream]` cluster and sets up its stream), binds `config.grpc_listen` (port 0 picks a free port) and serves until
-    /// [`RunningNode::shutdown`]. Must be called inside a tokio runtime.
+    /// the `[jetstream]` cluster and sets up its stream and its records bucket), reads
+    /// the access keys made through the admin API, binds `config.grpc_listen` (port 0
+    /// picks a free port) and serves until [`RunningNode::shutdown`]. Must be called
+    /// inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         config.validate()?;
         let tls = match (&config.tls_cert, &config.tls_key) {

@@ -276,6 +276,50 @@ impl Registry {
         Ok(app.record())
     }
 
+    /// Replaces the run-time app in `slot` by `rec` (the same app as changed on another
+    /// node), checked as [`Registry::add`] checks a new one; says what changed.
+    pub(crate) fn replace(
+        &mut self,
+        slot: usize,
+        rec: &AppRecord,
+    ) -> Result<Replaced, RegistryError> {
+        let new = App::build(rec, false)
+            .map_err(|(field, reason)| RegistryError::Invalid(format!("{field}: {reason}")))?;
+        let old = self
+            .get(slot)
+            .ok_or_else(|| RegistryError::NotFound("no such access key".into()))?;
+        if old.from_config {
+            return Err(RegistryError::Invalid(
+                "the access key is defined in the node's config file".into(),
+            ));
+        }
+        if rec.access_key.is_empty() {
+            return Err(RegistryError::Invalid("access key is empty".into()));
+        }
+        if self
+            .apps()
+            .any(|(i, a)| i != slot && a.access_key.as_str() == rec.access_key)
+        {
+            return Err(RegistryError::Invalid("access key already in use".into()));
+        }
+        if self.by_key.get(&new.public).is_some_and(|s| *s != slot) {
+            return Err(RegistryError::Invalid(
+                "public key already belongs to another app".into(),
+            ));
+        }
+        let changed = Replaced {
+            identity: old.public != new.public
+                || !ct_eq(old.access_key.as_bytes(), new.access_key.as_bytes()),
+            permissions: old.send_patterns != new.send_patterns
+                || old.receive_patterns != new.receive_patterns,
+        };
+        let old_public = old.public;
+        self.by_key.remove(&old_public);
+        self.by_key.insert(new.public, slot);
+        self.slots[slot] = Some(new);
+        Ok(changed)
+    }
+
     /// Gives the app in `slot` a new public key (its identity from now on).
     pub(crate) fn set_public_key(
         &mut self,
@@ -301,6 +345,15 @@ impl Registry {
         self.by_key.insert(public, slot);
         Ok(rec)
     }
+}
+
+/// What [`Registry::replace`] changed of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replaced {
+    /// Its access key or public key: sessions opened as the old one must end.
+    pub(crate) identity: bool,
+    /// Its send or receive patterns.
+    pub(crate) permissions: bool,
 }
 
 /// Constant-time equality of two byte strings (the length is not secret).
@@ -384,6 +437,60 @@ mod tests {
         ));
         let b = reg.add(&rec("b", "b-access")).unwrap();
         assert_ne!(a, b, "slots are never reused");
+    }
+
+    #[test]
+    fn replace_says_what_changed_and_refuses_what_add_refuses() {
+        let kp = crate::keys::generate();
+        let boot = AppConfig::new("boot", "boot-access", kp.public_key.clone());
+        let mut reg = Registry::from_config(&[boot], 0).unwrap();
+        let first = rec("a", "a-access");
+        let a = reg.add(&first).unwrap();
+        let other = reg.add(&rec("b", "b-access")).unwrap();
+
+        // The same record again: nothing changed.
+        let same = reg.replace(a, &first).unwrap();
+        assert_eq!(
+            same,
+            Replaced {
+                identity: false,
+                permissions: false
+            }
+        );
+
+        let mut perms = first.clone();
+        perms.send = vec![];
+        perms.name = "renamed".into();
+        let r = reg.replace(a, &perms).unwrap();
+        assert!(r.permissions && !r.identity, "{r:?}");
+        assert!(!reg.get(a).unwrap().send.allows("x"));
+        assert_eq!(reg.get(a).unwrap().name, "renamed");
+
+        let mut rotated = perms.clone();
+        rotated.public_key = crate::keys::generate().public_key;
+        let r = reg.replace(a, &rotated).unwrap();
+        assert!(r.identity && !r.permissions, "{r:?}");
+        let new_key = crate::keys::parse_public_key(&rotated.public_key).unwrap();
+        let old_key = crate::keys::parse_public_key(&first.public_key).unwrap();
+        assert_eq!(reg.by_public(&new_key), Some(a));
+        assert_eq!(reg.by_public(&old_key), None);
+
+        // Refused, nothing changed: another app's access key or public key, a bad
+        // pattern, a config app.
+        let mut taken = rotated.clone();
+        taken.access_key = "b-access".into();
+        assert!(reg.replace(a, &taken).is_err());
+        let mut taken = rotated.clone();
+        taken.public_key = reg.get(other).unwrap().key_text.to_string();
+        assert!(reg.replace(a, &taken).is_err());
+        taken.public_key = kp.public_key.clone();
+        assert!(reg.replace(a, &taken).is_err());
+        let mut bad = rotated.clone();
+        bad.receive = vec!["a/*/b".into()];
+        assert!(reg.replace(a, &bad).is_err());
+        assert!(reg.replace(0, &rotated).is_err(), "config app");
+        assert_eq!(reg.by_access_key("a-access"), Some(a));
+        assert_eq!(reg.by_public(&new_key), Some(a));
     }
 
     #[test]

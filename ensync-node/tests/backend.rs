@@ -174,6 +174,32 @@ async fn check_contract(b: Arc<dyn Backend>) {
     }
 }
 
+/// The records (what the admin API writes): written durably, read back in key order,
+/// deleted; readiness while open and after close (checked by the callers).
+async fn check_records(b: &dyn Backend) {
+    assert_eq!(b.ready().await, Ok(()));
+    let keys = ["app/b", "app/a", "event/x.y z"];
+    let mut revs = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        revs.push(b.put_record(k, Some(vec![b'v', i as u8])).await.unwrap());
+    }
+    let rev = b.put_record("app/b", Some(b"new".to_vec())).await.unwrap();
+    // A backend with revisions (0: none) orders them.
+    if rev > 0 {
+        assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
+        assert!(rev > revs[2], "a later change has a higher revision");
+    }
+    b.put_record("app/a", None).await.unwrap();
+    assert_eq!(
+        b.records().await.unwrap(),
+        vec![
+            ("app/b".to_owned(), b"new".to_vec()),
+            ("event/x.y z".to_owned(), vec![b'v', 2]),
+        ],
+        "in key order, the deleted one gone"
+    );
+}
+
 #[tokio::test]
 async fn the_embedded_backend_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -181,10 +207,16 @@ async fn the_embedded_backend_keeps_the_contract() {
     let backend = Arc::new(EmbeddedBackend::open(store, true, 3_600_000).unwrap());
     let tasks = backend.spawn_background();
     check_contract(backend.clone()).await;
+    check_records(&*backend).await;
+    assert!(backend.watch_records().is_none(), "its records are its own");
     backend.close().await;
     assert!(
         backend.publish(event(99, R1, "x")).await.is_err(),
         "a closed backend refuses writes"
+    );
+    assert!(
+        backend.ready().await.is_err(),
+        "a closed store is not ready"
     );
     for t in tasks {
         t.abort();
@@ -207,10 +239,51 @@ async fn the_jetstream_backend_keeps_the_contract() {
     );
     let tasks = backend.spawn_background();
     check_contract(backend.clone()).await;
+    check_records(&*backend).await;
+
+    // A second backend on the same stream (another node) reads the same records, and
+    // its watch reports what the first one changes, with the revisions it answered.
+    let other = ensync_node::backend::jetstream::JetStreamBackend::connect(&config)
+        .await
+        .unwrap();
+    let shared = other.records().await.unwrap();
+    assert_eq!(shared, backend.records().await.unwrap());
+    let mut changes = other.watch_records().expect("a shared backend has a watch");
+    assert!(other.watch_records().is_none(), "one watch per backend");
+    let put = backend
+        .put_record("app/c", Some(b"c".to_vec()))
+        .await
+        .unwrap();
+    let del = backend.put_record("app/b", None).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let c = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut changes),
+        )
+        .await
+        .expect("a change within 5 s")
+        .expect("the watch goes on");
+        seen.push((c.key, c.value, c.revision));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("app/c".to_owned(), Some(b"c".to_vec()), put),
+            ("app/b".to_owned(), None, del),
+        ],
+        "only what changed after its records(), in order"
+    );
+    other.close().await;
+
     backend.close().await;
     assert!(
         backend.publish(event(99, R1, "x")).await.is_err(),
         "a closed backend refuses writes"
+    );
+    assert!(
+        backend.ready().await.is_err(),
+        "a closed backend is not ready"
     );
     for t in tasks {
         t.abort();

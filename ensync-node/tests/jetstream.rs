@@ -507,3 +507,64 @@ async fn a_cluster_with_one_server_killed_goes_on() {
     svc.ack(&sid, &last).await.unwrap();
     node.shutdown().await;
 }
+
+/// Waits (at most 10 s) until the node's counts satisfy `ok`.
+async fn counts_until(
+    node: &RunningNode,
+    what: &str,
+    ok: impl Fn(&ensync_node::NodeStats) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let st = node.stats();
+        if ok(&st) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ready and deferred counts (and so `/metrics`) on JetStream, read from the queues'
+/// consumers: events waiting, and events deferred, while one is held.
+#[tokio::test]
+async fn ready_and_deferred_counts() {
+    let Some(mut t) = shared_nodes("ready_and_deferred_counts", 2, |_| {}).await else {
+        return;
+    };
+    t.dev.config.max_in_flight = 1;
+    let node = t.start().await;
+    let svc = node.service();
+    let pid = t.session(&node, 0);
+    let sid = t.session(&node, 1);
+    let mut s = svc.subscribe(&sid, "c").unwrap();
+    for i in 0..4 {
+        publish(svc, &pid, "c", &t.key(1), i).await;
+    }
+    // One in flight (the window is 1), three waiting.
+    let first = next(&mut s).await;
+    counts_until(&node, "three ready, none deferred", |st| {
+        st.ready == 3 && st.deferred == 0 && st.in_flight == 1
+    })
+    .await;
+    // Deferred for a minute: the next one comes; two wait, one is deferred.
+    svc.defer(&sid, &first.idem, 60_000, "later").await.unwrap();
+    let second = next(&mut s).await;
+    assert_ne!(second.idem, first.idem);
+    counts_until(&node, "two ready, one deferred", |st| {
+        st.ready == 2 && st.deferred == 1
+    })
+    .await;
+    let text = svc.metrics_text();
+    assert!(text.contains("ensync_ready_events 2"), "{text}");
+    assert!(text.contains("ensync_deferred_events 1"), "{text}");
+    // Acked: gone from every count.
+    svc.ack(&sid, &second.idem).await.unwrap();
+    let third = next(&mut s).await;
+    svc.ack(&sid, &third.idem).await.unwrap();
+    counts_until(&node, "the last one in flight, the first deferred", |st| {
+        st.ready == 0 && st.deferred == 1 && st.in_flight == 1
+    })
+    .await;
+    node.shutdown().await;
+}

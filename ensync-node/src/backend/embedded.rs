@@ -422,13 +422,33 @@ impl Backend for EmbeddedBackend {
         &'a self,
         key: &'a str,
         value: Option<Vec<u8>>,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> BoxFuture<'a, Result<super::Revision, ServiceError>> {
         Box::pin(async move {
             let op = WriteOp::PutRecord {
                 key: key.to_owned(),
                 value,
             };
-            self.inner.write(op, None).await.map(|_| ())
+            // No other node reads this store: no revisions to order changes by.
+            self.inner.write(op, None).await.map(|_| 0)
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if self.inner.store().is_err() {
+                return Err("the store is closed".to_owned());
+            }
+            let writer_alive = lock(&self.inner.writer)
+                .as_ref()
+                .is_some_and(|tx| !tx.is_closed());
+            let thread_alive = lock(&self.inner.writer_thread)
+                .as_ref()
+                .is_some_and(|t| !t.is_finished());
+            if writer_alive && thread_alive {
+                Ok(())
+            } else {
+                Err("the store's writer has stopped".to_owned())
+            }
         })
     }
 

@@ -34,6 +34,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use crate::service::ServiceError;
 use crate::store::{NewEvent, StoredEvent};
@@ -74,6 +75,13 @@ pub struct Published {
 
 /// Counts a backend reports (for [`crate::NodeStats`] and metrics). Fields a backend
 /// cannot count cheaply are `None`.
+///
+/// The JetStream backend's `ready` and `deferred` are approximate and the same on every
+/// node (do not sum them over nodes): read every 2 s from the stream's queue consumers,
+/// `ready` is what they have not yet delivered (an event released by a session and not
+/// yet delivered again, or sent to a queue nobody has subscribed to yet, is not counted),
+/// `deferred` is what they handed out and have no ack for, less what this node holds:
+/// the deferred events and those the other nodes hold. `None` while they cannot be read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BackendStats {
@@ -93,6 +101,33 @@ pub struct BackendStats {
 
 /// The node's own records (key, value), in key order: see [`Backend::records`].
 pub type Records = Vec<(String, Vec<u8>)>;
+
+/// The position of a record change in the order every node of a deployment sees
+/// (the JetStream key-value bucket's sequence): a later change of a key has a higher
+/// revision.
+pub type Revision = u64;
+
+/// One record written or deleted, as [`Backend::watch_records`] reports it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordChange {
+    /// The record's key (as given to [`Backend::put_record`]).
+    pub key: String,
+    /// Its new value; `None`: deleted.
+    pub value: Option<Vec<u8>>,
+    /// Where the change is in the deployment's order.
+    pub revision: Revision,
+}
+
+impl std::fmt::Debug for RecordChange {
+    // The value may hold an access key: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordChange")
+            .field("key", &self.key)
+            .field("deleted", &self.value.is_none())
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The shared queue state behind a node. See the [module docs](self) for the contract.
 pub trait Backend: Send + Sync + 'static {
@@ -156,13 +191,15 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    /// Writes (`Some`) or deletes (`None`) one record, durably when `Ok`. The default
-    /// refuses: a backend that keeps no records has no run-time administration.
+    /// Writes (`Some`) or deletes (`None`) one record, durably when `Ok`; answers the
+    /// change's [`Revision`] (what [`Backend::watch_records`] reports for it; `0` from a
+    /// backend without a watch). The default refuses: a backend that keeps no records has
+    /// no run-time administration.
     fn put_record<'a>(
         &'a self,
         key: &'a str,
         value: Option<Vec<u8>>,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> BoxFuture<'a, Result<Revision, ServiceError>> {
         let _ = (key, value);
         Box::pin(async move {
             Err(ServiceError::Storage(format!(
@@ -171,6 +208,24 @@ pub trait Backend: Send + Sync + 'static {
             )))
         })
     }
+
+    /// The record changes every node of the deployment makes (this node's own writes
+    /// included), from the moment the last [`Backend::records`] began, for as long as the
+    /// backend is open; `None` when the records are this node's alone (the default, and
+    /// the embedded backend). Call once, after [`Backend::records`].
+    ///
+    /// Per key, revisions only increase; a change may repeat what `records` already
+    /// answered, so applying one must be harmless when its revision is not newer than
+    /// what is already applied. While the backend cannot reach its store the stream
+    /// waits; once it can again, it reports what changed meanwhile (the latest state of
+    /// each key changed), then goes on.
+    fn watch_records(&self) -> Option<BoxStream<'static, RecordChange>> {
+        None
+    }
+
+    /// Whether the backend can reach its store now (for `/readyz`); `Err` says why not,
+    /// in a few words.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
 
     /// Current counts.
     fn stats(&self) -> BackendStats;

@@ -5,12 +5,25 @@
 //! Every change is written durably first and applied in memory after, so a failed write
 //! changes nothing. Changes are serialized (one at a time). Apps of the config file are
 //! listed but not changed at run time.
+//!
+//! On a backend several nodes share (JetStream), the changes any node makes come back
+//! through [`crate::backend::Backend::watch_records`] and are applied here as if made
+//! locally (a new key connects, changed permissions hold from the next operation, a
+//! deleted key's sessions end, a new key pair is the identity). Each record's last
+//! applied revision is kept, so this node's own changes coming back, and changes older
+//! than what is applied, change nothing. Two nodes changing one key at the same moment:
+//! the change the backend orders last wins everywhere (a change racing a delete of the
+//! same key can bring it back).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use super::{NodeService, ServiceError, StreamEnd, now_ms, random_id, read, write};
+use crate::backend::{RecordChange, Revision};
 use crate::registry::{AppRecord, KeyType, RegistryError};
 
 /// Why an administrative call was refused.
@@ -107,7 +120,7 @@ impl NodeService {
         for (key, value) in records {
             if let Some(id) = key.strip_prefix(APP) {
                 let added = serde_json::from_slice::<AppRecord>(&value)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| json_error(&e))
                     .and_then(|rec| write(&self.inner.apps).add(&rec).map_err(|e| e.to_string()));
                 match added {
                     Ok(_) => apps += 1,
@@ -133,12 +146,17 @@ impl NodeService {
         Ok(())
     }
 
-    /// Whether the node can serve: not shutting down, and its backend answers a read.
+    /// Whether the node can serve: not shutting down, and its backend can reach its
+    /// store ([`crate::backend::Backend::ready`]; the error says why not).
     pub async fn ready(&self) -> Result<(), ServiceError> {
         if super::lock(&self.inner.state).closed {
             return Err(ServiceError::ShuttingDown);
         }
-        self.inner.backend.records().await.map(|_| ())
+        self.inner
+            .backend
+            .ready()
+            .await
+            .map_err(ServiceError::Storage)
     }
 
     /// Every access key, config-file ones first, then in the order they were made.
@@ -173,7 +191,7 @@ impl NodeService {
         send: Vec<String>,
         receive: Vec<String>,
     ) -> Result<(AccessKeyInfo, crate::keys::KeyPair), AdminError> {
-        let _one = self.inner.admin.lock().await;
+        let mut applied = self.inner.admin.lock().await;
         let pair = crate::keys::generate();
         let rec = AppRecord {
             id: random_id(),
@@ -187,8 +205,9 @@ impl NodeService {
         };
         // Checked on a copy first: nothing is persisted for a refused key.
         check(self, &rec)?;
-        self.persist_app(&rec).await?;
+        let rev = self.persist_app(&rec).await?;
         let slot = write(&self.inner.apps).add(&rec)?;
+        note(&mut applied, format!("{APP}{}", rec.id), rev);
         let apps = read(&self.inner.apps);
         let a = apps.get(slot).ok_or_else(|| {
             AdminError::Storage("the access key vanished while it was made".into())
@@ -201,16 +220,15 @@ impl NodeService {
     /// sessions end now (their streams end with an error; held events go back to their
     /// queues). Events queued for it stay in the backend.
     pub async fn admin_delete_key(&self, id: &str) -> Result<(), AdminError> {
-        let _one = self.inner.admin.lock().await;
+        let mut applied = self.inner.admin.lock().await;
         let slot = {
             let apps = read(&self.inner.apps);
             apps.editable(apps.by_id(id), &format!("{id:?}"))?
         };
-        self.inner
-            .backend
-            .put_record(&format!("{APP}{id}"), None)
-            .await?;
+        let key = format!("{APP}{id}");
+        let rev = self.inner.backend.put_record(&key, None).await?;
         let removed = write(&self.inner.apps).remove(slot);
+        note(&mut applied, key, rev);
         self.end_sessions_of(slot);
         if let Some(rec) = removed {
             tracing::info!(name = %rec.name, id, "access key deleted");
@@ -227,7 +245,7 @@ impl NodeService {
         send: Vec<String>,
         receive: Vec<String>,
     ) -> Result<AccessKeyInfo, AdminError> {
-        let _one = self.inner.admin.lock().await;
+        let mut applied = self.inner.admin.lock().await;
         let (slot, mut rec) = self.editable_by_access(access_key)?;
         rec.send = send;
         rec.receive = receive;
@@ -235,8 +253,9 @@ impl NodeService {
             .map_err(|e| AdminError::Invalid(format!("send: {e}")))?;
         crate::perm::Permissions::parse(&rec.receive)
             .map_err(|e| AdminError::Invalid(format!("receive: {e}")))?;
-        self.persist_app(&rec).await?;
+        let rev = self.persist_app(&rec).await?;
         write(&self.inner.apps).set_permissions(slot, rec.send.clone(), rec.receive.clone())?;
+        note(&mut applied, format!("{APP}{}", rec.id), rev);
         self.end_forbidden_subscriptions(slot);
         self.admin_key_by_access(access_key)
             .ok_or_else(|| AdminError::NotFound("the access key was deleted meanwhile".into()))
@@ -252,12 +271,13 @@ impl NodeService {
         &self,
         access_key: &str,
     ) -> Result<crate::keys::KeyPair, AdminError> {
-        let _one = self.inner.admin.lock().await;
+        let mut applied = self.inner.admin.lock().await;
         let (slot, mut rec) = self.editable_by_access(access_key)?;
         let pair = crate::keys::generate();
         rec.public_key = pair.public_key.clone();
-        self.persist_app(&rec).await?;
+        let rev = self.persist_app(&rec).await?;
         write(&self.inner.apps).set_public_key(slot, &pair.public_key)?;
+        note(&mut applied, format!("{APP}{}", rec.id), rev);
         self.end_sessions_of(slot);
         tracing::info!(id = %rec.id, "access key given a new key pair");
         Ok(pair)
@@ -282,7 +302,7 @@ impl NodeService {
         name: &str,
         payload: serde_json::Map<String, serde_json::Value>,
     ) -> Result<EventDefinition, AdminError> {
-        let _one = self.inner.admin.lock().await;
+        let mut applied = self.inner.admin.lock().await;
         ensync_proto::validate::event_name(name).map_err(|e| AdminError::Invalid(e.to_string()))?;
         if lock_events(self).iter().any(|e| e.name == name) {
             return Err(AdminError::Invalid(format!(
@@ -297,8 +317,9 @@ impl NodeService {
             created_ms: now,
             updated_ms: now,
         };
-        self.persist_event(&def).await?;
+        let rev = self.persist_event(&def).await?;
         lock_events(self).push(def.clone());
+        note(&mut applied, format!("{EVENT}{}", def.id), rev);
         Ok(def)
     }
 
@@ -309,7 +330,7 @@ impl NodeService {
         name: &str,
         payload: serde_json::Map<String, serde_json::Value>,
     ) -> Result<EventDefinition, AdminError> {
-        let _one = self.inner.admin.lock().await;
+        let mut applied = self.inner.admin.lock().await;
         let mut def = self
             .admin_event(id)
             .ok_or_else(|| AdminError::NotFound(format!("no event {id:?}")))?;
@@ -327,11 +348,12 @@ impl NodeService {
             def.payload = payload;
         }
         def.updated_ms = now_ms();
-        self.persist_event(&def).await?;
+        let rev = self.persist_event(&def).await?;
         let mut events = lock_events(self);
         if let Some(slot) = events.iter_mut().find(|e| e.id == def.id) {
             *slot = def.clone();
         }
+        note(&mut applied, format!("{EVENT}{}", def.id), rev);
         Ok(def)
     }
 
@@ -345,23 +367,126 @@ impl NodeService {
         Ok((slot, rec))
     }
 
-    async fn persist_app(&self, rec: &AppRecord) -> Result<(), AdminError> {
+    async fn persist_app(&self, rec: &AppRecord) -> Result<Revision, AdminError> {
         let value = serde_json::to_vec(rec).map_err(|e| AdminError::Storage(e.to_string()))?;
         let value = zeroize::Zeroizing::new(value);
-        self.inner
+        Ok(self
+            .inner
             .backend
             .put_record(&format!("{APP}{}", rec.id), Some(value.to_vec()))
-            .await?;
-        Ok(())
+            .await?)
     }
 
-    async fn persist_event(&self, def: &EventDefinition) -> Result<(), AdminError> {
+    async fn persist_event(&self, def: &EventDefinition) -> Result<Revision, AdminError> {
         let value = serde_json::to_vec(def).map_err(|e| AdminError::Storage(e.to_string()))?;
-        self.inner
+        Ok(self
+            .inner
             .backend
             .put_record(&format!("{EVENT}{}", def.id), Some(value))
-            .await?;
-        Ok(())
+            .await?)
+    }
+
+    /// Applies a record change reported by the backend's watch (made by this node or
+    /// another), unless what is applied of that record is as new or newer.
+    async fn apply_change(&self, change: RecordChange) {
+        let mut applied = self.inner.admin.lock().await;
+        if applied
+            .get(&change.key)
+            .is_some_and(|r| *r >= change.revision)
+        {
+            return;
+        }
+        let RecordChange {
+            key,
+            value,
+            revision,
+        } = change;
+        let value = value.map(zeroize::Zeroizing::new);
+        if let Some(id) = key.strip_prefix(APP) {
+            self.apply_app(id, value.as_ref().map(|v| v.as_slice()));
+        } else if let Some(id) = key.strip_prefix(EVENT) {
+            self.apply_event(id, value.as_ref().map(|v| v.as_slice()));
+        }
+        note(&mut applied, key, revision);
+    }
+
+    /// An access key made, changed (`Some`) or deleted (`None`) through the admin API of
+    /// any node of the deployment.
+    fn apply_app(&self, id: &str, value: Option<&[u8]>) {
+        let Some(value) = value else {
+            let slot = {
+                let apps = read(&self.inner.apps);
+                apps.by_id(id)
+                    .filter(|s| apps.get(*s).is_some_and(|a| !a.from_config))
+            };
+            if let Some(slot) = slot {
+                let removed = write(&self.inner.apps).remove(slot);
+                self.end_sessions_of(slot);
+                if let Some(rec) = removed {
+                    tracing::info!(name = %rec.name, id, "access key deleted (by another node)");
+                }
+            }
+            return;
+        };
+        let rec = match serde_json::from_slice::<AppRecord>(value) {
+            Ok(rec) if rec.id == id => rec,
+            Ok(_) => {
+                tracing::error!(id, "access key record under another id; skipped");
+                return;
+            }
+            Err(e) => {
+                let error = json_error(&e);
+                tracing::error!(id, error, "access key record cannot be read; skipped");
+                return;
+            }
+        };
+        let slot = read(&self.inner.apps).by_id(id);
+        match slot {
+            None => {
+                let added = write(&self.inner.apps).add(&rec);
+                match added {
+                    Ok(_) => {
+                        tracing::info!(name = %rec.name, id, "access key created (by another node)");
+                    }
+                    Err(e) => tracing::error!(id, error = %e, "access key record skipped"),
+                }
+            }
+            Some(slot) => {
+                let replaced = write(&self.inner.apps).replace(slot, &rec);
+                match replaced {
+                    Ok(r) if r.identity => {
+                        self.end_sessions_of(slot);
+                        tracing::info!(id, "access key given a new identity (by another node)");
+                    }
+                    Ok(r) if r.permissions => {
+                        self.end_forbidden_subscriptions(slot);
+                        tracing::info!(id, "access key permissions changed (by another node)");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(id, error = %e, "access key record skipped"),
+                }
+            }
+        }
+    }
+
+    /// An event definition made or changed (`Some`) or deleted (`None`) by any node.
+    fn apply_event(&self, id: &str, value: Option<&[u8]>) {
+        let mut events = lock_events(self);
+        let Some(value) = value else {
+            events.retain(|e| e.id != id);
+            return;
+        };
+        match serde_json::from_slice::<EventDefinition>(value) {
+            Ok(def) if def.id == id => match events.iter_mut().find(|e| e.id == def.id) {
+                Some(slot) => *slot = def,
+                None => events.push(def),
+            },
+            Ok(_) => tracing::error!(id, "event definition record under another id; skipped"),
+            Err(e) => {
+                let error = json_error(&e);
+                tracing::error!(id, error, "event definition record skipped");
+            }
+        }
     }
 
     /// Ends every live session of the app in `slot`.
@@ -395,6 +520,35 @@ impl NodeService {
                 f.stream == stream || f.sub == stream
             });
         }
+    }
+}
+
+/// Why a record is not JSON of its kind, without any of its text (an access key record
+/// holds a secret, which serde's messages may quote).
+fn json_error(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+/// Records that the change at `rev` of `key` is applied (revisions only go up).
+fn note(applied: &mut HashMap<String, Revision>, key: String, rev: Revision) {
+    let r = applied.entry(key).or_insert(rev);
+    *r = (*r).max(rev);
+}
+
+/// Applies the record changes of `changes` (the backend's watch) for as long as the
+/// service lives.
+pub(super) async fn follow_records(
+    inner: Weak<super::Inner>,
+    mut changes: BoxStream<'static, RecordChange>,
+) {
+    while let Some(change) = changes.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        NodeService { inner }.apply_change(change).await;
     }
 }
 

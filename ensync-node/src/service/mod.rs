@@ -251,8 +251,9 @@ pub(crate) struct Inner {
     backend: Arc<dyn Backend>,
     /// Event definitions of the admin API.
     events: Mutex<Vec<EventDefinition>>,
-    /// Serializes administrative changes.
-    admin: tokio::sync::Mutex<()>,
+    /// Serializes administrative changes (made here or reported by the backend's
+    /// watch); holds the revision of the last change applied to each record.
+    admin: tokio::sync::Mutex<HashMap<String, crate::backend::Revision>>,
     metrics: Arc<Metrics>,
 }
 
@@ -350,18 +351,25 @@ impl NodeService {
             state: Mutex::new(State::default()),
             backend,
             events: Mutex::new(Vec::new()),
-            admin: tokio::sync::Mutex::new(()),
+            admin: tokio::sync::Mutex::new(HashMap::new()),
             metrics,
         });
         Ok(Self { inner })
     }
 
-    /// Spawns the background tasks (session expiry, and the backend's: defer timers,
-    /// retention purge) on the current tokio runtime. They stop at
+    /// Spawns the background tasks (session expiry; the backend's: defer timers,
+    /// retention purge; and, on a backend shared by several nodes, applying the admin
+    /// changes the other nodes make) on the current tokio runtime. They stop at
     /// [`NodeService::close`].
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![tokio::spawn(delivery::reaper(Arc::downgrade(&self.inner)))];
         tasks.extend(self.inner.backend.spawn_background());
+        if let Some(changes) = self.inner.backend.watch_records() {
+            tasks.push(tokio::spawn(admin::follow_records(
+                Arc::downgrade(&self.inner),
+                changes,
+            )));
+        }
         tasks
     }
 

@@ -282,6 +282,25 @@ impl NatsCluster {
         self.servers[i].kill(true);
     }
 
+    /// SIGKILLs every server (their stores stay for [`NatsCluster::restart_all`]).
+    pub fn kill_all(&mut self) {
+        for s in &mut self.servers {
+            s.kill(true);
+        }
+    }
+
+    /// Starts every stopped server again on its ports and store, and waits until the
+    /// cluster is ready.
+    pub async fn restart_all(&mut self) {
+        let binary = self.binary.clone();
+        for s in self.servers.iter_mut().filter(|s| s.child.is_none()) {
+            s.spawn(&binary);
+        }
+        self.wait_ready(Duration::from_secs(30))
+            .await
+            .expect("cluster ready after restart");
+    }
+
     /// Starts server `i` again on its ports and store, and waits until the cluster is
     /// ready.
     pub async fn restart(&mut self, i: usize) {

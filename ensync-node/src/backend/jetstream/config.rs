@@ -40,11 +40,12 @@ pub struct JetStreamConfig {
     /// client learns the rest of the cluster from them and reconnects to any.
     pub servers: Vec<String>,
     /// The stream holding every queue (also the subjects' first token); letters,
-    /// digits, `-` and `_`, at most 64. Created when missing.
+    /// digits, `-` and `_`, at most 64. Created when missing, with the key-value bucket
+    /// `<stream>_RECORDS` beside it (the admin API's access keys and events).
     pub stream: String,
-    /// Replicas of the stream and of each queue's consumer (1 ..= 5). Use 3 (the
-    /// default) with `sync_interval: always` in the servers' `jetstream` block: an
-    /// event is answered as stored once a majority has it on disk.
+    /// Replicas of the stream, of its records bucket and of each queue's consumer
+    /// (1 ..= 5). Use 3 (the default) with `sync_interval: always` in the servers'
+    /// `jetstream` block: an event is answered as stored once a majority has it on disk.
     pub replicas: usize,
     /// How long JetStream waits for a node to settle an event it handed out before it
     /// hands it to another (a node that died), in ms (1 000 ..= 3 600 000). Live nodes

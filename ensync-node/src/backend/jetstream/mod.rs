@@ -17,7 +17,13 @@
 //! - what this node holds (claimed, or fetched and waiting for a claimer) gets `+WPI`
 //!   (progress) every third of `ack_wait`; what a dead node held comes back after
 //!   `ack_wait`;
-//! - pause, windows and sessions stay in the node.
+//! - pause, windows and sessions stay in the node;
+//! - the admin API's records (access keys, event definitions) are in a key-value bucket
+//!   beside the stream, `<stream>_RECORDS`, watched by every node, so a change made
+//!   through any node's admin API applies on all of them (`records`);
+//! - readiness: connected to NATS, and the stream and the bucket answer (cached 1 s);
+//!   the ready and deferred counts come from the queues' consumers every 2 s
+//!   (approximate, see [`BackendStats`]).
 //!
 //! Claiming is cancel-safe: per queue, a puller task fetches from the consumer into a
 //! small local buffer only while some claimer waits, and [`Backend::claim`] takes from
@@ -26,6 +32,7 @@
 
 pub(crate) mod codec;
 pub mod config;
+mod records;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,10 +44,11 @@ use async_nats::{Subject, jetstream::context::PublishErrorKind};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::{Backend, BackendStats, Published, QueueKey};
+use super::{Backend, BackendStats, Published, QueueKey, RecordChange, Records, Revision};
 use crate::config::{ConfigError, NodeConfig};
 use crate::service::{ServiceError, now_ms};
 use crate::store::{NewEvent, StoredEvent};
@@ -77,6 +85,13 @@ const MAX_ACK_PENDING: i64 = 100_000;
 const RECORD_ALLOWANCE: usize = 4096;
 /// A record that cannot be read is held back this long before JetStream offers it again.
 const UNREADABLE_DELAY: Duration = Duration::from_secs(3600);
+/// How long one answer of [`Backend::ready`] is reused.
+const READY_CACHE: Duration = Duration::from_secs(1);
+/// How long [`Backend::ready`] waits for the stream and the bucket to answer (a
+/// readiness probe's own timeout is often 1 s).
+const READY_TIMEOUT: Duration = Duration::from_millis(900);
+/// How often the ready and deferred counts are read from the stream's consumers.
+const COUNT_PERIOD: Duration = Duration::from_secs(2);
 
 /// An event fetched by the puller, not yet claimed.
 struct Buffered {
@@ -144,6 +159,13 @@ struct Inner {
     published: AtomicU64,
     /// Ack-subject messages spawned by [`Inner::send_later`] and not yet sent.
     outgoing: Arc<AtomicUsize>,
+    /// The admin API's records, shared by every node on the stream.
+    records: records::Records,
+    /// The last answer of [`Backend::ready`] and when it was made.
+    ready: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Not yet delivered and handed out (or deferred) events summed over every queue's
+    /// consumer, as [`counter`] last read them; `None` when that failed.
+    counted: Mutex<Option<(u64, u64)>>,
 }
 
 /// The JetStream [`Backend`]. See the [module docs](self).
@@ -238,6 +260,15 @@ impl JetStreamBackend {
             .build(client.clone());
         let retention = Duration::from_secs(config.retention_secs);
         let stream = ensure_stream(&js, js_cfg, retention, deadline).await?;
+        let records = records::Records::open(
+            client.clone(),
+            js.clone(),
+            &js_cfg.stream,
+            js_cfg.replicas,
+            deadline,
+        )
+        .await
+        .map_err(|e| startup_error("records", e))?;
         tracing::info!(stream = %js_cfg.stream, replicas = js_cfg.replicas,
             servers = ?js_cfg.servers, "JetStream backend ready");
         Ok(Self {
@@ -251,8 +282,20 @@ impl JetStreamBackend {
                 publishes: Semaphore::new(PUBLISH_SLOTS),
                 published: AtomicU64::new(0),
                 outgoing: Arc::new(AtomicUsize::new(0)),
+                records,
+                ready: Mutex::new(None),
+                counted: Mutex::new(None),
             }),
         })
+    }
+}
+
+/// The pause before reconnect attempt `attempts`: none for the first, then 100 ms
+/// doubling up to 1 s.
+fn reconnect_delay(attempts: usize) -> Duration {
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(100u64 << (n - 2).min(4)).min(Duration::from_secs(1)),
     }
 }
 
@@ -264,8 +307,10 @@ async fn connect_client(
         .name("ensync-node")
         .connection_timeout(ATTEMPT)
         .request_timeout(Some(ATTEMPT))
-        // Reconnect for ever: the cluster may be away for a while.
-        .max_reconnects(None);
+        // Reconnect for ever: the cluster may be away for a while; try at least every
+        // second, so a node is ready again soon after the cluster is back.
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay);
     if let Some(path) = &cfg.credentials {
         opts = opts
             .credentials_file(path)
@@ -730,6 +775,38 @@ async fn keepalive(inner: Weak<Inner>) {
     }
 }
 
+/// Reads, every [`COUNT_PERIOD`], how many events every queue's consumer has not yet
+/// delivered (`num_pending`) and has handed out without an ack (`num_ack_pending`:
+/// held by some node, or deferred), into [`Inner::counted`].
+async fn counter(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(COUNT_PERIOD).await;
+        let Some(node) = inner.upgrade() else { return };
+        if lock(&node.state).closed {
+            return;
+        }
+        let sum = async {
+            let mut consumers = node.stream.consumers();
+            let (mut pending, mut out) = (0u64, 0u64);
+            while let Some(info) = consumers.next().await {
+                let info = info.map_err(|e| e.to_string())?;
+                pending = pending.saturating_add(info.num_pending);
+                out = out.saturating_add(info.num_ack_pending as u64);
+            }
+            Ok::<_, String>((pending, out))
+        };
+        let counted = match tokio::time::timeout(ATTEMPT, sum).await {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "JetStream: cannot count the queues' events");
+                None
+            }
+            Err(_) => None,
+        };
+        *lock(&node.counted) = counted;
+    }
+}
+
 fn retryable(kind: PublishErrorKind) -> bool {
     matches!(
         kind,
@@ -936,10 +1013,12 @@ impl Backend for JetStreamBackend {
             .values()
             .map(|s| (s.held.len() + s.buffer.len()) as u64)
             .sum();
+        drop(st);
+        let counted = *lock(&self.inner.counted);
         let published = self.inner.published.load(Ordering::Relaxed);
         BackendStats {
-            ready: None,
-            deferred: None,
+            ready: counted.map(|(pending, _)| pending),
+            deferred: counted.map(|(_, out)| out.saturating_sub(held)),
             held: Some(held),
             commits: published,
             committed_ops: published,
@@ -949,7 +1028,68 @@ impl Backend for JetStreamBackend {
     }
 
     fn spawn_background(&self) -> Vec<JoinHandle<()>> {
-        vec![tokio::spawn(keepalive(Arc::downgrade(&self.inner)))]
+        vec![
+            tokio::spawn(keepalive(Arc::downgrade(&self.inner))),
+            tokio::spawn(counter(Arc::downgrade(&self.inner))),
+        ]
+    }
+
+    fn records(&self) -> BoxFuture<'_, Result<Records, ServiceError>> {
+        Box::pin(self.inner.records.snapshot())
+    }
+
+    fn put_record<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<Revision, ServiceError>> {
+        Box::pin(async move {
+            if lock(&self.inner.state).closed {
+                return Err(ServiceError::ShuttingDown);
+            }
+            self.inner.records.put(key, value).await
+        })
+    }
+
+    fn watch_records(&self) -> Option<BoxStream<'static, RecordChange>> {
+        self.inner.records.watch()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if lock(&inner.state).closed {
+                return Err("the backend is closed".to_owned());
+            }
+            let state = inner.client.connection_state();
+            if state != async_nats::connection::State::Connected {
+                return Err(format!("not connected to NATS ({state:?})"));
+            }
+            if let Some((at, answer)) = lock(&inner.ready).as_ref() {
+                if at.elapsed() < READY_CACHE {
+                    return answer.clone();
+                }
+            }
+            let stream = async {
+                match inner.stream.get_info().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!(
+                        "stream {:?} does not answer: {e}",
+                        inner.stream_name
+                    )),
+                }
+            };
+            let answer = match tokio::time::timeout(READY_TIMEOUT, stream).await {
+                Ok(Ok(())) => inner.records.answers(READY_TIMEOUT).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!(
+                    "stream {:?} does not answer in time",
+                    inner.stream_name
+                )),
+            };
+            *lock(&inner.ready) = Some((Instant::now(), answer.clone()));
+            answer
+        })
     }
 
     fn close_now(&self) {
@@ -968,6 +1108,7 @@ impl Backend for JetStreamBackend {
             out
         };
         self.inner.publishes.close();
+        self.inner.records.stop();
         for reply in give_back {
             self.inner.send_later(reply, Bytes::from_static(NAK));
         }
