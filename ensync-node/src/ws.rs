@@ -24,7 +24,9 @@
 //!   the size limit, 1002 for another protocol error, 1008 after [`MAX_REFUSED_LOGINS`]
 //!   refused logins (unknown access keys, or requests without a session while the
 //!   connection holds none), 1001 for a silent connection or an ended session, 1012 when
-//!   the node shuts down;
+//!   the node shuts down (also instead of answering a request, `CONN` included, that
+//!   meets a node already shutting down: a `-FAIL` to `CONN` reads as a refused access
+//!   key and clients stop, while a close is a lost connection they reconnect after);
 //! - when the connection closes, its sessions end: their unacknowledged events go back to
 //!   their queues for redelivery.
 //!
@@ -341,6 +343,10 @@ struct Answer {
     frame: String,
     subscribed: Option<((String, String), EventStream)>,
     auth: Auth,
+    /// The node is shutting down: the connection closes (1012) instead of sending
+    /// `frame`, so the client reconnects (as gRPC answers `UNAVAILABLE`) rather than read
+    /// a `-FAIL` (to a `CONN`: as a refused access key, and stop).
+    shutting_down: bool,
 }
 
 /// What an answer says about the connection's logins (for [`MAX_REFUSED_LOGINS`]).
@@ -362,6 +368,7 @@ impl Answer {
             frame: WsServerFrame::Pass(text.into()).encode(),
             subscribed: None,
             auth: Auth::None,
+            shutting_down: false,
         }
     }
     fn fail(reason: impl std::fmt::Display) -> Self {
@@ -371,6 +378,7 @@ impl Answer {
             frame: WsServerFrame::Fail(reason).encode(),
             subscribed: None,
             auth: Auth::None,
+            shutting_down: false,
         }
     }
     fn of(result: Result<Answer, ServiceError>) -> Self {
@@ -382,6 +390,7 @@ impl Answer {
             };
             Self {
                 auth,
+                shutting_down: e == ServiceError::ShuttingDown,
                 ..Self::fail(e)
             }
         })
@@ -505,6 +514,9 @@ impl Connection {
                     Ok(())
                 }
                 Some(answer) = pending.next(), if !pending.is_empty() => {
+                    if answer.shutting_down {
+                        break End::ShuttingDown;
+                    }
                     if let Some((key, stream)) = answer.subscribed {
                         records.insert(key, stream);
                     }
@@ -620,6 +632,7 @@ impl Connection {
                                         .encode(),
                                     subscribed: None,
                                     auth: Auth::LoggedIn,
+                                    shutting_down: false,
                                 }
                             }
                             Err(e) => Answer::of(Err(e)),
@@ -658,6 +671,7 @@ impl Connection {
                             frame: WsServerFrame::Pass("subscribed".into()).encode(),
                             subscribed: Some(((client_id, event_name), stream)),
                             auth: Auth::None,
+                            shutting_down: false,
                         })
                     })()),
                     WsRequest::Unsub {
@@ -765,6 +779,7 @@ impl Connection {
                                 frame: WsServerFrame::Replay(record.to_value()).encode(),
                                 subscribed: None,
                                 auth: Auth::None,
+                                shutting_down: false,
                             }
                         }))
                     }
