@@ -49,6 +49,8 @@ pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
 pub const GRPC_FRAMING_ALLOWANCE: usize = 64 * 1024;
 /// Default size of the store's page cache, 32 MiB (redb's own default is 1 GiB).
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Default number of queues `/metrics` shows one by one (`metrics_queue_limit`).
+pub const DEFAULT_METRICS_QUEUE_LIMIT: usize = 100;
 
 pub use crate::backend::jetstream::config::{
     DEFAULT_JETSTREAM_ACK_WAIT_MS, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_STREAM,
@@ -175,6 +177,11 @@ pub struct NodeConfig {
     /// nor shown by `Debug`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<SecretString>,
+    /// Most queues (recipient app, event name) `/metrics` shows one by one: their ready,
+    /// held (in flight on this node) and deferred events. With more queues, the ones with
+    /// the most ready events are shown and `ensync_queues_left_out` counts the others.
+    /// `0` turns the per-queue gauges off.
+    pub metrics_queue_limit: usize,
     /// The NATS JetStream cluster of `store = "jetstream"` (the `[jetstream]` table);
     /// must be unset with the embedded store.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +255,7 @@ impl Default for NodeConfig {
             jetstream: None,
             admin_listen: None,
             admin_key: None,
+            metrics_queue_limit: DEFAULT_METRICS_QUEUE_LIMIT,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             apps: Vec::new(),
             accept_store_rollback: false,
@@ -676,5 +684,15 @@ mod tests {
         assert_eq!(back.max_connections_per_ip, 3);
         let err = NodeConfig::from_toml_str("max_connections_per_ip = 0").unwrap_err();
         assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
+    }
+
+    #[test]
+    fn metrics_queue_limit() {
+        let c = NodeConfig::from_toml_str("data_dir = \"/tmp/x\"").unwrap();
+        assert_eq!(c.metrics_queue_limit, DEFAULT_METRICS_QUEUE_LIMIT);
+        let c = NodeConfig::from_toml_str("metrics_queue_limit = 0").unwrap();
+        assert_eq!(c.metrics_queue_limit, 0);
+        let back = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back.metrics_queue_limit, 0);
     }
 }
