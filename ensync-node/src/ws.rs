@@ -164,31 +164,34 @@ impl Drop for WsEndpoint {
     }
 }
 
-/// Reads the PEM certificate chain and key into a rustls server configuration.
+/// Reads the PEM certificate chain and key into a rustls server configuration (the one
+/// every TLS endpoint of the node serves). Errors name the field: `tls_cert` for a
+/// certificate file that cannot be read or holds no certificate, `tls_key` for a key that
+/// cannot be read or does not go with the certificate.
 pub(crate) fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<Arc<rustls::ServerConfig>, NodeError> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_err =
+        |e: &dyn std::fmt::Display| NodeError::Tls(format!("tls_cert ({}): {e}", cert.display()));
+    let key_err =
+        |e: &dyn std::fmt::Display| NodeError::Tls(format!("tls_key ({}): {e}", key.display()));
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| NodeError::Tls(format!("{}: {e}", cert.display())))?;
+        .map_err(|e| cert_err(&e))?;
     if certs.is_empty() {
-        return Err(NodeError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
+        return Err(cert_err(&"no PEM certificate found"));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| NodeError::Tls(format!("{}: {e}", key.display())))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| NodeError::Tls(e.to_string()))?;
+        .with_single_cert(certs, private)
+        .map_err(|e| key_err(&format_args!("cannot be used with tls_cert: {e}")))?;
     Ok(Arc::new(config))
 }
 
