@@ -1,8 +1,10 @@
 //! `ensync admin ...`: the node's admin API (EnSync's config-manager REST API) from a
-//! terminal. SDK-free: plain HTTP. Prints the node's JSON answer; exit status 2 for bad
-//! input (refused by the node with 400/401/404, or by the argument parser), 1 for other
-//! failures (node unreachable, 5xx).
+//! terminal. SDK-free: HTTP or HTTPS (`--url https://...`; a node with a private CA or a
+//! self-signed certificate: `--ca-cert FILE`). Prints the node's JSON answer; exit status
+//! 2 for bad input (refused by the node with 400/401/404, or by the argument parser, or an
+//! unreadable `--ca-cert`), 1 for other failures (node unreachable, TLS refused, 5xx).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use serde_json::{Value, json};
 /// Where the admin API is and the key it wants.
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The node's admin endpoint (its `admin_listen`).
+    /// The node's admin endpoint (its `admin_listen`): `http://HOST:PORT`, or
+    /// `https://HOST:PORT` for a node with TLS.
     #[arg(
         long,
         env = "ENSYNC_ADMIN_URL",
@@ -22,6 +25,10 @@ pub struct AdminArgs {
     /// The node's `admin_key` (sent as X-ACCESS-KEY).
     #[arg(long, env = "ENSYNC_ADMIN_KEY", hide_env_values = true)]
     admin_key: String,
+    /// Trust only this PEM CA certificate for `https://` (a node with a private CA or a
+    /// self-signed certificate); without it, the web PKI roots.
+    #[arg(long, env = "ENSYNC_ADMIN_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     what: What,
 }
@@ -143,6 +150,21 @@ fn json_object(text: &str, what: &str) -> Result<Value, String> {
     }
 }
 
+/// The certificates of a PEM file as the only roots to trust.
+fn ca_roots(path: &std::path::Path) -> Result<ureq::tls::RootCerts, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| e.to_string())? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
 /// Runs `ensync admin ...`.
 pub fn run(args: AdminArgs) -> ExitCode {
     let (method, path, body) = match request(&args.what) {
@@ -152,11 +174,22 @@ pub fn run(args: AdminArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+        .timeout_global(Some(Duration::from_secs(30)));
+    if let Some(path) = &args.ca_cert {
+        match ca_roots(path) {
+            Ok(roots) => {
+                config =
+                    config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+            }
+            Err(e) => {
+                eprintln!("ensync admin: --ca-cert {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let agent: ureq::Agent = config.build().into();
     let url = format!("{}/api/v1/ensync{path}", args.url.trim_end_matches('/'));
     let req = ureq::http::Request::builder()
         .method(method)

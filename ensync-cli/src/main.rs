@@ -119,7 +119,8 @@ fn main() -> ExitCode {
                     tracing::error!(error = %e, "node failed");
                     eprintln!("ensync: {e}");
                     match e {
-                        NodeError::Config(_) => ExitCode::from(2),
+                        // A bad setting, or a certificate or key file that cannot be used.
+                        NodeError::Config(_) | NodeError::Tls(_) => ExitCode::from(2),
                         _ => ExitCode::FAILURE,
                     }
                 }

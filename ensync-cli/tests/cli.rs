@@ -584,3 +584,129 @@ fn admin_subcommands_drive_a_node() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "node gone: not reachable");
 }
+
+/// A self-signed certificate for `localhost` in `dir` (`cert.pem`, `key.pem`); returns
+/// the certificate's path.
+fn write_cert(dir: &Path, name: &str) -> std::path::PathBuf {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key")),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    path
+}
+
+/// Issue 16: a certificate or key the node cannot use, or an `admin_tls` it cannot
+/// honour, exits with status 2 naming the field.
+#[test]
+fn bad_tls_config_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.display();
+    let good = write_cert(dir.path(), "good");
+    let other = write_cert(dir.path(), "other");
+    let good_key = dir.path().join("good.key");
+    let other_key = dir.path().join("other.key");
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+    let junk = dir.path().join("junk.pem");
+    let tls = |cert: &Path, key: &Path| {
+        format!(
+            "data_dir = \"{data}\"\ngrpc_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let admin = "admin_key = \"0123456789abcdef0123\"\n";
+    for (text, field) in [
+        (tls(&dir.path().join("missing.pem"), &good_key), "tls_cert"),
+        (tls(&junk, &good_key), "tls_cert"),
+        (tls(&good, &dir.path().join("missing.key")), "tls_key"),
+        (tls(&good, &other_key), "tls_key"),
+        (
+            format!(
+                "data_dir = \"{data}\"\nadmin_listen = \"127.0.0.1:0\"\n{admin}admin_tls = true\n"
+            ),
+            "admin_tls",
+        ),
+        (
+            format!(
+                "{}admin_listen = \"0.0.0.0:0\"\n{admin}admin_tls = false\n",
+                tls(&good, &good_key)
+            ),
+            "admin_tls",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(field), "{field} not named in: {stderr}");
+    }
+    drop(other);
+}
+
+/// Issue 16: `ensync admin` over HTTPS: the node's admin endpoint serves its
+/// certificate; `--ca-cert` with that certificate is answered, another CA is refused
+/// (exit 1), an unreadable `--ca-cert` is bad input (exit 2).
+#[test]
+fn admin_commands_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path(), "node");
+    let other = write_cert(dir.path(), "other");
+    let cfg = dir.path().join("ensync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "grpc_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             admin_listen = \"127.0.0.1:0\"\nadmin_key = \"cli-admin-key-0123456789\"\n",
+            dir.path().join("data").display(),
+            cert.display(),
+            dir.path().join("node.key").display(),
+        ),
+    )
+    .unwrap();
+    let proc = Proc::spawn(&["node", "--config", cfg.to_str().unwrap()]);
+    let (lines, _) = proc.wait_ready();
+    let ready = lines.last().unwrap();
+    let port = ready
+        .split(' ')
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no admin address in {ready:?}"))
+        .port();
+    let url = format!("https://localhost:{port}");
+    let run = |ca: &Path| {
+        let out = Command::new(BIN)
+            .args(["admin", "--url", &url, "--ca-cert"])
+            .arg(ca)
+            .args(["keys", "list"])
+            .env("ENSYNC_ADMIN_KEY", "cli-admin-key-0123456789")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&cert);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list["resultsLength"], 0, "{stdout}");
+    let (code, _, stderr) = run(&other);
+    assert_eq!(code, Some(1), "another CA: {stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let (code, _, stderr) = run(&dir.path().join("missing.pem"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--ca-cert"), "{stderr}");
+    drop(proc);
+}

@@ -8,8 +8,16 @@
 //! unknown id, key or name, 401 for the admin key, 503 only when the store cannot take
 //! the change; never a 5xx for a client's mistake. Timestamps are RFC 3339 strings;
 //! unknown request fields are ignored.
+//!
+//! HTTPS: with [`AdminOptions::tls`] (the node's `tls_cert`/`tls_key`, unless
+//! `admin_tls = false`; see [`crate::config::NodeConfig::admin_tls`]) every connection
+//! is TLS; a TLS handshake must complete within [`AdminOptions::handshake_timeout`], and
+//! at most [`MAX_TLS_HANDSHAKES`] are in progress at once (further connections are closed
+//! unanswered until one ends).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -31,10 +39,35 @@ struct Admin {
     key: SecretString,
 }
 
+/// Most TLS handshakes of the admin endpoint in progress at once.
+pub const MAX_TLS_HANDSHAKES: usize = 64;
+
+/// How the admin endpoint serves: plain HTTP, or HTTPS.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// Serve HTTPS with this configuration (the node's certificate); plain HTTP when
+    /// `None` (the default).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A TLS handshake must complete within it, or the connection is closed (the node's
+    /// `handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            handshake_timeout: Duration::from_millis(crate::config::DEFAULT_HANDSHAKE_TIMEOUT_MS),
+        }
+    }
+}
+
 /// The admin endpoint, serving until dropped or shut down.
 pub struct AdminEndpoint {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -43,15 +76,28 @@ impl std::fmt::Debug for AdminEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminEndpoint")
             .field("addr", &self.addr)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl AdminEndpoint {
-    /// Binds `addr` and serves the admin API for `service`, authenticated by `key`.
+    /// Binds `addr` and serves the admin API for `service` over plain HTTP,
+    /// authenticated by `key`.
     pub async fn start(
         addr: SocketAddr,
         key: SecretString,
+        service: NodeService,
+    ) -> Result<Self, crate::NodeError> {
+        Self::start_with(addr, key, AdminOptions::default(), service).await
+    }
+
+    /// Binds `addr` and serves the admin API for `service` as `options` say (HTTPS when
+    /// [`AdminOptions::tls`] is set), authenticated by `key`.
+    pub async fn start_with(
+        addr: SocketAddr,
+        key: SecretString,
+        options: AdminOptions,
         service: NodeService,
     ) -> Result<Self, crate::NodeError> {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -62,17 +108,19 @@ impl AdminEndpoint {
             .map_err(|e| crate::NodeError::Io(e.to_string()))?;
         let app = router(Admin { service, key });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "admin endpoint failed");
+        let tls = options.tls.is_some();
+        let task = match options.tls {
+            None => tokio::spawn(serve(listener, app, stopped)),
+            Some(config) => {
+                let listener = TlsListener::new(listener, config, options.handshake_timeout);
+                tokio::spawn(serve(listener, app, stopped))
             }
-        });
-        tracing::info!(%addr, "admin endpoint listening");
+        };
+        let scheme = if tls { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "admin endpoint listening");
         Ok(Self {
             addr,
+            tls,
             stop: Some(stop),
             task: Some(task),
         })
@@ -94,6 +142,110 @@ impl Drop for AdminEndpoint {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+async fn serve<L>(listener: L, app: Router, stopped: tokio::sync::oneshot::Receiver<()>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "admin endpoint failed");
+    }
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// The admin endpoint's listener over TLS: a task accepts TCP connections and runs each
+/// TLS handshake in a task of its own (bounded by [`MAX_TLS_HANDSHAKES`] and the
+/// handshake timeout), so a slow or silent client never holds up the others; the
+/// connections whose handshake completed are handed to the HTTP server.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    addr: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        handshake: Duration,
+    ) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(16);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let accepting = tokio::spawn(accept_tls(listener, acceptor, handshake, tx));
+        Self {
+            ready,
+            addr,
+            accepting,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task is gone (it ends only with the listener): nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake: Duration,
+    ready: tokio::sync::mpsc::Sender<(TlsStream, SocketAddr)>,
+) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_HANDSHAKES));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "admin endpoint: {MAX_TLS_HANDSHAKES} TLS handshakes in progress; connection closed");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let accepted = tokio::time::timeout(handshake, acceptor.accept(tcp)).await;
+            drop(permit);
+            match accepted {
+                Ok(Ok(tls)) => {
+                    let _ = ready.send((tls, peer)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+            }
+        });
     }
 }
 

@@ -49,6 +49,8 @@ pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
 pub const GRPC_FRAMING_ALLOWANCE: usize = 64 * 1024;
 /// Default size of the store's page cache, 32 MiB (redb's own default is 1 GiB).
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Default number of queues `/metrics` shows one by one (`metrics_queue_limit`).
+pub const DEFAULT_METRICS_QUEUE_LIMIT: usize = 100;
 
 pub use crate::backend::jetstream::config::{
     DEFAULT_JETSTREAM_ACK_WAIT_MS, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_STREAM,
@@ -175,6 +177,19 @@ pub struct NodeConfig {
     /// nor shown by `Debug`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<SecretString>,
+    /// Whether the admin endpoint serves HTTPS. Unset (the default): it follows the node,
+    /// HTTPS with `tls_cert`/`tls_key` when they are set (as gRPC and WebSocket serve
+    /// TLS), plain HTTP when they are not. `false`: plain HTTP even when the node has TLS;
+    /// with `tls_cert` set this is allowed only on a loopback `admin_listen` (elsewhere
+    /// the admin key would cross a network in clear text). `true`: HTTPS, and an error
+    /// unless `tls_cert`/`tls_key` are set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<bool>,
+    /// Most queues (recipient app, event name) `/metrics` shows one by one: their ready,
+    /// held (in flight on this node) and deferred events. With more queues, the ones with
+    /// the most ready events are shown and `ensync_queues_left_out` counts the others.
+    /// `0` turns the per-queue gauges off.
+    pub metrics_queue_limit: usize,
     /// The NATS JetStream cluster of `store = "jetstream"` (the `[jetstream]` table);
     /// must be unset with the embedded store.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +263,8 @@ impl Default for NodeConfig {
             jetstream: None,
             admin_listen: None,
             admin_key: None,
+            admin_tls: None,
+            metrics_queue_limit: DEFAULT_METRICS_QUEUE_LIMIT,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             apps: Vec::new(),
             accept_store_rollback: false,
@@ -432,6 +449,23 @@ impl NodeConfig {
             }
             _ => {}
         }
+        match (self.admin_tls, &self.tls_cert, self.admin_listen) {
+            (Some(true), None, _) => {
+                return Err(field_err(
+                    "admin_tls",
+                    "admin_tls = true needs tls_cert and tls_key (the admin endpoint serves the node's certificate)",
+                ));
+            }
+            (Some(false), Some(_), Some(addr)) if !addr.ip().to_canonical().is_loopback() => {
+                return Err(field_err(
+                    "admin_tls",
+                    format!(
+                        "admin_tls = false (plain HTTP while the node has TLS) is allowed only on a loopback admin_listen, not {addr}: the admin key would cross the network in clear text"
+                    ),
+                ));
+            }
+            _ => {}
+        }
         if self.heartbeat_interval_ms == 0 {
             return Err(field_err("heartbeat_interval_ms", "must be greater than 0"));
         }
@@ -536,6 +570,11 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether the admin endpoint serves HTTPS (see [`NodeConfig::admin_tls`]).
+    pub fn admin_uses_tls(&self) -> bool {
+        self.admin_tls.unwrap_or(true) && self.tls_cert.is_some() && self.tls_key.is_some()
     }
 
     /// How long a session may stay silent before it ends.
@@ -676,5 +715,53 @@ mod tests {
         assert_eq!(back.max_connections_per_ip, 3);
         let err = NodeConfig::from_toml_str("max_connections_per_ip = 0").unwrap_err();
         assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
+    }
+
+    #[test]
+    fn admin_tls_follows_the_node_unless_told() {
+        let tls = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let admin = "admin_key = \"0123456789abcdef0123\"\n";
+        let on = |text: &str| NodeConfig::from_toml_str(text).map(|c| c.admin_uses_tls());
+        // Unset: as the node.
+        assert!(on(&format!("{tls}admin_listen = \"0.0.0.0:9000\"\n{admin}")).unwrap());
+        assert!(!on(&format!("admin_listen = \"0.0.0.0:9000\"\n{admin}")).unwrap());
+        // false: plain HTTP beside a TLS node, on loopback only.
+        for addr in ["127.0.0.1:9000", "[::1]:9000", "[::ffff:127.0.0.1]:9000"] {
+            let text = format!("{tls}admin_listen = \"{addr}\"\n{admin}admin_tls = false\n");
+            assert!(!on(&text).unwrap(), "{addr}");
+        }
+        let err = on(&format!(
+            "{tls}admin_listen = \"0.0.0.0:9000\"\n{admin}admin_tls = false\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("admin_tls"), "{err}");
+        // true: needs the certificate.
+        assert!(
+            on(&format!(
+                "{tls}admin_listen = \"127.0.0.1:9000\"\n{admin}admin_tls = true\n"
+            ))
+            .unwrap()
+        );
+        let err = on(&format!(
+            "admin_listen = \"127.0.0.1:9000\"\n{admin}admin_tls = true\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("admin_tls"), "{err}");
+        let c = NodeConfig::from_toml_str(&format!(
+            "{tls}admin_listen = \"127.0.0.1:9000\"\n{admin}admin_tls = false\n"
+        ))
+        .unwrap();
+        let back = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back.admin_tls, Some(false));
+    }
+
+    #[test]
+    fn metrics_queue_limit() {
+        let c = NodeConfig::from_toml_str("data_dir = \"/tmp/x\"").unwrap();
+        assert_eq!(c.metrics_queue_limit, DEFAULT_METRICS_QUEUE_LIMIT);
+        let c = NodeConfig::from_toml_str("metrics_queue_limit = 0").unwrap();
+        assert_eq!(c.metrics_queue_limit, 0);
+        let back = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back.metrics_queue_limit, 0);
     }
 }

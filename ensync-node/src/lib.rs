@@ -90,7 +90,8 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TLS certificate or key could not be used.
+    /// The TLS certificate or key could not be used (the text names the field,
+    /// `tls_cert` or `tls_key`).
     #[error("TLS: {0}")]
     Tls(String),
     /// Another IO failure.
@@ -111,22 +112,30 @@ impl Node {
     /// inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         config.validate()?;
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| NodeError::Tls(format!("{}: {e}", p.display())))
+        // The certificate and key, read once and checked here so that an unusable one is
+        // refused naming its field (`tls_cert` / `tls_key`) before anything listens.
+        let server_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((ws::tls_config(cert, key)?, cert, key)),
+            _ => None,
+        };
+        let tls = match &server_tls {
+            Some((_, cert, key)) => {
+                let read = |p: &std::path::Path, field: &str| {
+                    std::fs::read(p)
+                        .map_err(|e| NodeError::Tls(format!("{field} ({}): {e}", p.display())))
                 };
                 Some(
                     tonic::transport::ServerTlsConfig::new()
                         .identity(tonic::transport::Identity::from_pem(
-                            read(cert)?,
-                            read(key)?,
+                            read(cert, "tls_cert")?,
+                            read(key, "tls_key")?,
                         ))
                         .timeout(Duration::from_millis(config.handshake_timeout_ms)),
                 )
             }
-            _ => None,
+            None => None,
         };
+        let server_tls = server_tls.map(|(tls, _, _)| tls);
         let mut builder = tonic::transport::Server::builder()
             // Larger HTTP/2 windows than the 64 KiB default, so a large event (a 64 KB
             // payload is an ~88 KB envelope) does not wait for a WINDOW_UPDATE round trip.
@@ -145,20 +154,23 @@ impl Node {
                 .map_err(|e| NodeError::Tls(format!("{e}: {:?}", std::error::Error::source(&e))))?;
         }
 
-        let ws_tls = match (&config.ws_listen, &config.tls_cert, &config.tls_key) {
-            (Some(_), Some(cert), Some(key)) => Some(ws::tls_config(cert, key)?),
-            _ => None,
-        };
+        let ws_tls = server_tls.clone().filter(|_| config.ws_listen.is_some());
         // The TLS of the gRPC connections refused over the cap: they complete a TLS
         // handshake (ALPN h2, as tonic's) so they can be told why with a GOAWAY.
-        let refusal_tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let mut tls = (*ws::tls_config(cert, key)?).clone();
-                tls.alpn_protocols = vec![b"h2".to_vec()];
-                Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
-            }
-            _ => None,
-        };
+        let refusal_tls = server_tls.as_ref().map(|tls| {
+            let mut tls = (**tls).clone();
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+        });
+        // The admin endpoint's HTTPS (HTTP/1.1), unless `admin_tls = false`.
+        let admin_tls = server_tls
+            .as_ref()
+            .filter(|_| config.admin_uses_tls())
+            .map(|tls| {
+                let mut tls = (**tls).clone();
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(tls)
+            });
 
         let service = match config.store {
             config::StoreKind::Embedded => {
@@ -200,7 +212,13 @@ impl Node {
             .map_err(|e| NodeError::Io(e.to_string()))?;
         let admin = match (config.admin_listen, &config.admin_key) {
             (Some(addr), Some(key)) => {
-                match admin::AdminEndpoint::start(addr, key.clone(), service.clone()).await {
+                let options = admin::AdminOptions {
+                    tls: admin_tls,
+                    handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+                };
+                match admin::AdminEndpoint::start_with(addr, key.clone(), options, service.clone())
+                    .await
+                {
                     Ok(admin) => Some(admin),
                     Err(e) => {
                         service.close().await;
@@ -328,6 +346,12 @@ impl RunningNode {
     /// The bound admin HTTP address, when `admin_listen` is set.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// Whether the admin endpoint serves HTTPS (see [`NodeConfig::admin_tls`]); `false`
+    /// when there is none.
+    pub fn admin_is_tls(&self) -> bool {
+        self.admin.as_ref().is_some_and(|a| a.tls)
     }
 
     /// Whether the endpoint serves TLS.

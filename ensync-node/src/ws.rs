@@ -24,7 +24,9 @@
 //!   the size limit, 1002 for another protocol error, 1008 after [`MAX_REFUSED_LOGINS`]
 //!   refused logins (unknown access keys, or requests without a session while the
 //!   connection holds none), 1001 for a silent connection or an ended session, 1012 when
-//!   the node shuts down;
+//!   the node shuts down (also instead of answering a request, `CONN` included, that
+//!   meets a node already shutting down: a `-FAIL` to `CONN` reads as a refused access
+//!   key and clients stop, while a close is a lost connection they reconnect after);
 //! - when the connection closes, its sessions end: their unacknowledged events go back to
 //!   their queues for redelivery.
 //!
@@ -162,31 +164,34 @@ impl Drop for WsEndpoint {
     }
 }
 
-/// Reads the PEM certificate chain and key into a rustls server configuration.
+/// Reads the PEM certificate chain and key into a rustls server configuration (the one
+/// every TLS endpoint of the node serves). Errors name the field: `tls_cert` for a
+/// certificate file that cannot be read or holds no certificate, `tls_key` for a key that
+/// cannot be read or does not go with the certificate.
 pub(crate) fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<Arc<rustls::ServerConfig>, NodeError> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_err =
+        |e: &dyn std::fmt::Display| NodeError::Tls(format!("tls_cert ({}): {e}", cert.display()));
+    let key_err =
+        |e: &dyn std::fmt::Display| NodeError::Tls(format!("tls_key ({}): {e}", key.display()));
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| NodeError::Tls(format!("{}: {e}", cert.display())))?;
+        .map_err(|e| cert_err(&e))?;
     if certs.is_empty() {
-        return Err(NodeError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
+        return Err(cert_err(&"no PEM certificate found"));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| NodeError::Tls(format!("{}: {e}", key.display())))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| NodeError::Tls(e.to_string()))?;
+        .with_single_cert(certs, private)
+        .map_err(|e| key_err(&format_args!("cannot be used with tls_cert: {e}")))?;
     Ok(Arc::new(config))
 }
 
@@ -341,6 +346,10 @@ struct Answer {
     frame: String,
     subscribed: Option<((String, String), EventStream)>,
     auth: Auth,
+    /// The node is shutting down: the connection closes (1012) instead of sending
+    /// `frame`, so the client reconnects (as gRPC answers `UNAVAILABLE`) rather than read
+    /// a `-FAIL` (to a `CONN`: as a refused access key, and stop).
+    shutting_down: bool,
 }
 
 /// What an answer says about the connection's logins (for [`MAX_REFUSED_LOGINS`]).
@@ -362,6 +371,7 @@ impl Answer {
             frame: WsServerFrame::Pass(text.into()).encode(),
             subscribed: None,
             auth: Auth::None,
+            shutting_down: false,
         }
     }
     fn fail(reason: impl std::fmt::Display) -> Self {
@@ -371,6 +381,7 @@ impl Answer {
             frame: WsServerFrame::Fail(reason).encode(),
             subscribed: None,
             auth: Auth::None,
+            shutting_down: false,
         }
     }
     fn of(result: Result<Answer, ServiceError>) -> Self {
@@ -382,6 +393,7 @@ impl Answer {
             };
             Self {
                 auth,
+                shutting_down: e == ServiceError::ShuttingDown,
                 ..Self::fail(e)
             }
         })
@@ -505,6 +517,9 @@ impl Connection {
                     Ok(())
                 }
                 Some(answer) = pending.next(), if !pending.is_empty() => {
+                    if answer.shutting_down {
+                        break End::ShuttingDown;
+                    }
                     if let Some((key, stream)) = answer.subscribed {
                         records.insert(key, stream);
                     }
@@ -620,6 +635,7 @@ impl Connection {
                                         .encode(),
                                     subscribed: None,
                                     auth: Auth::LoggedIn,
+                                    shutting_down: false,
                                 }
                             }
                             Err(e) => Answer::of(Err(e)),
@@ -658,6 +674,7 @@ impl Connection {
                             frame: WsServerFrame::Pass("subscribed".into()).encode(),
                             subscribed: Some(((client_id, event_name), stream)),
                             auth: Auth::None,
+                            shutting_down: false,
                         })
                     })()),
                     WsRequest::Unsub {
@@ -765,6 +782,7 @@ impl Connection {
                                 frame: WsServerFrame::Replay(record.to_value()).encode(),
                                 subscribed: None,
                                 auth: Auth::None,
+                                shutting_down: false,
                             }
                         }))
                     }

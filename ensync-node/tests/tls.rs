@@ -78,11 +78,36 @@ async fn unusable_certificate_is_an_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, ensync_node::NodeError::Tls(_)), "{err}");
+    assert!(
+        err.to_string().contains("tls_cert"),
+        "names the field: {err}"
+    );
     dev.config.tls_cert = Some(dir.path().join("missing.pem"));
     let err = ensync_node::Node::start(dev.config.clone())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
+    assert!(
+        err.to_string().contains("tls_cert"),
+        "names the field: {err}"
+    );
+    // A good certificate with a key that is not its own.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("key.pem"),
+        other.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    dev.config.tls_cert = Some(dir.path().join("cert.pem"));
+    let err = ensync_node::Node::start(dev.config.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("tls_key"),
+        "names the field: {err}"
+    );
 }
 
 /// A node serving TLS with a fresh self-signed certificate for `localhost`; returns it
@@ -198,14 +223,17 @@ async fn closed_within_5s(s: &mut tokio::net::TcpStream) -> bool {
 }
 
 /// Issue 13: on a TLS listener, a connection that never sends its ClientHello, or sends
-/// the start of one and stalls, is closed after `handshake_timeout_ms`, on both
-/// endpoints; a real client is served meanwhile.
+/// the start of one and stalls, is closed after `handshake_timeout_ms`, on every
+/// endpoint (gRPC, WebSocket, and the admin endpoint's HTTPS, issue 16); a real client is
+/// served meanwhile.
 #[tokio::test]
 async fn tls_handshakes_that_stall_are_closed_after_the_handshake_timeout() {
     use tokio::io::AsyncWriteExt as _;
     let (t, cert, _dir) = tls_node(|c| {
         c.handshake_timeout_ms = 300;
         c.ws_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_key = Some(ensync_node::config::SecretString::new(ADMIN_KEY));
     })
     .await;
     // A TLS record header and the start of a ClientHello (more than the 24 bytes the
@@ -214,7 +242,8 @@ async fn tls_handshakes_that_stall_are_closed_after_the_handshake_timeout() {
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
     partial.extend_from_slice(&[0x42; 32]);
-    for addr in [t.node.grpc_addr(), t.node.ws_addr().unwrap()] {
+    let admin = t.node.admin_addr().unwrap();
+    for addr in [t.node.grpc_addr(), t.node.ws_addr().unwrap(), admin] {
         for send in [&[][..], &partial[..]] {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(send).await.unwrap();
@@ -233,5 +262,149 @@ async fn tls_handshakes_that_stall_are_closed_after_the_handshake_timeout() {
     tls_h2_call(t.node.grpc_addr(), &cert)
         .await
         .expect("a real client is served");
+    assert_eq!(https_call(admin, &cert, "/healthz").await.unwrap().0, 200);
     t.node.shutdown().await;
+}
+
+const ADMIN_KEY: &str = "the-admin-key-of-the-tls-tests";
+
+/// One HTTP/1.1 request over TLS to `addr` (name `localhost`), trusting only `ca` (DER):
+/// the answer's status code and body, or the TLS error.
+async fn https_call(
+    addr: std::net::SocketAddr,
+    ca: &[u8],
+    path: &str,
+) -> Result<(u16, String), std::io::Error> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let call = async {
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-ACCESS-KEY: {ADMIN_KEY}\r\nConnection: close\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        // The server closes after the answer (`Connection: close`); a TLS peer that
+        // closes without close_notify is an error here only if nothing came.
+        if let Err(e) = tls.read_to_end(&mut answer).await {
+            if answer.is_empty() {
+                return Err(e);
+            }
+        }
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("answered in time")?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((status, body))
+}
+
+/// Issue 16: with `tls_cert`/`tls_key` the admin endpoint serves HTTPS with the node's
+/// certificate, as gRPC does: a client trusting that certificate is answered, one
+/// trusting another CA is refused in the handshake, and plain HTTP gets no answer.
+#[tokio::test]
+async fn the_admin_endpoint_serves_https_with_the_node_certificate() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (t, cert, _dir) = tls_node(|c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_key = Some(ensync_node::config::SecretString::new(ADMIN_KEY));
+    })
+    .await;
+    assert!(t.node.admin_is_tls());
+    let admin = t.node.admin_addr().unwrap();
+    let (status, body) = https_call(admin, &cert, "/api/v1/ensync/access-key")
+        .await
+        .expect("served over HTTPS");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"resultsLength\":1"), "{body}");
+    let (status, text) = https_call(admin, &cert, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("ensync_sessions"), "{text}");
+
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let err = https_call(admin, other.cert.der(), "/healthz")
+        .await
+        .expect_err("a client trusting another CA is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let mut plain = tokio::net::TcpStream::connect(admin).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "plain HTTP answered on the HTTPS admin endpoint"
+    );
+    t.node.shutdown().await;
+}
+
+/// Issue 16: `admin_tls = false` keeps the admin endpoint on plain HTTP on a loopback
+/// address while gRPC serves TLS; on another address it is refused naming the field, as
+/// is `admin_tls = true` without a certificate.
+#[tokio::test]
+async fn admin_tls_false_keeps_plain_http_on_loopback_only() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (t, _cert, dir) = tls_node(|c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_key = Some(ensync_node::config::SecretString::new(ADMIN_KEY));
+        c.admin_tls = Some(false);
+    })
+    .await;
+    assert!(t.node.is_tls());
+    assert!(!t.node.admin_is_tls());
+    let mut plain = tokio::net::TcpStream::connect(t.node.admin_addr().unwrap())
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    t.node.shutdown().await;
+
+    let mut config = t.dev.config.clone();
+    config.admin_listen = Some("0.0.0.0:0".parse().unwrap());
+    let err = config.validate().unwrap_err();
+    assert!(err.to_string().contains("admin_tls"), "{err}");
+    config.admin_tls = Some(true);
+    config.tls_cert = None;
+    config.tls_key = None;
+    let err = config.validate().unwrap_err();
+    assert!(err.to_string().contains("admin_tls"), "{err}");
+    drop(dir);
 }

@@ -592,3 +592,53 @@ async fn a_client_that_does_not_read_holds_a_bounded_window() {
     })
     .await;
 }
+
+/// A node that is shutting down closes the connection with 1012 (service restart), which
+/// clients treat as a lost connection and reconnect after, instead of answering `CONN`
+/// with `-FAIL` (which the published clients and ours read as a refused access key, and
+/// stop). As on gRPC, no key is judged then: a wrong one is closed the same way.
+#[tokio::test]
+async fn conn_while_shutting_down_closes_the_socket_instead_of_failing() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let t = start(1).await;
+    let mut live = open(&t).await;
+    let (cid, _) = live.conn(&t, 0).await;
+    let mut right = open(&t).await;
+    let mut wrong = open(&t).await;
+    t.node.service().close_now();
+    for (ws, key) in [
+        (&mut right, t.dev.apps[0].access_key.as_str()),
+        (&mut wrong, "not-a-key"),
+    ] {
+        ws.send(&format!("CONN;ACCESS_KEY=:{key}")).await;
+        let closed = loop {
+            match tokio::time::timeout(WAIT, ws.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(Message::Text(t))) => panic!("answered {t:?} instead of closing"),
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        let frame = closed.expect("a close frame with a code");
+        assert_eq!(frame.code, CloseCode::Restart, "{frame:?}");
+        assert!(frame.reason.contains("shutting down"), "{frame:?}");
+    }
+    // A session opened before: its requests meet the closing node the same way.
+    live.send(&format!("SUB;CLIENT_ID=:{cid};EVENT_NAME=:x"))
+        .await;
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, live.ws.next()).await {
+        match m {
+            Message::Close(frame) => {
+                code = frame.map(|f| f.code);
+                break;
+            }
+            Message::Text(t) => assert!(!t.starts_with("-FAIL"), "answered {t:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(code, Some(CloseCode::Restart));
+}

@@ -682,3 +682,95 @@ async fn metrics_move_when_events_flow() {
     );
     drop(sub);
 }
+
+/// Issue 16: the per-queue gauges (ready, held, deferred per recipient app and event
+/// name) follow publishes, deliveries, acks and defers; past `metrics_queue_limit` only
+/// the queues with the most ready events are shown and `ensync_queues_left_out` counts
+/// the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_queue_gauges_follow_the_events_and_hold_their_cap() {
+    let node = TestNode::start_with(1, Refuse::Nothing, |c| {
+        c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin_key = Some(SecretString::new(ADMIN_KEY));
+        c.metrics_queue_limit = 2;
+    })
+    .await;
+    let admin = node.admin_addr().unwrap();
+    let app = node.app(0).name.clone();
+    let client = node.client(0, fast_options()).await;
+    let me = client.public_key().to_owned();
+    let publish = |name: &'static str, n: usize| {
+        let client = &client;
+        let me = me.clone();
+        async move {
+            for i in 0..n {
+                client
+                    .publish(name, &[me.as_str()], &json!({"i": i}))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let row = |text: &str, what: &str, event: &str| -> Option<f64> {
+        let series = format!("ensync_queue_{what}_events{{app=\"{app}\",event=\"{event}\"}}");
+        text.lines().find_map(|l| {
+            l.strip_prefix(series.as_str())?
+                .strip_prefix(' ')?
+                .parse()
+                .ok()
+        })
+    };
+
+    publish("q/a", 3).await;
+    publish("q/b", 2).await;
+    let text = scrape(admin).await;
+    assert_eq!(row(&text, "ready", "q/a"), Some(3.0), "{text}");
+    assert_eq!(row(&text, "held", "q/a"), Some(0.0), "{text}");
+    assert_eq!(row(&text, "deferred", "q/a"), Some(0.0), "{text}");
+    assert_eq!(row(&text, "ready", "q/b"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "ensync_queues_left_out"), 0.0, "{text}");
+
+    // Delivered, not yet settled: held.
+    let mut sub = client
+        .subscribe_with(
+            "q/a",
+            ensync_tokio::SubscribeOptions::default().auto_ack(false),
+        )
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(within("delivery", sub.next()).await.expect("an event"));
+    }
+    let text = scrape(admin).await;
+    assert_eq!(row(&text, "ready", "q/a"), Some(0.0), "{text}");
+    assert_eq!(row(&text, "held", "q/a"), Some(3.0), "{text}");
+
+    // Two acked, one deferred (for longer than the test lasts).
+    let last = events.pop().unwrap();
+    for ev in events {
+        ev.ack().await.unwrap();
+    }
+    last.defer(Duration::from_secs(3600), "later")
+        .await
+        .unwrap();
+    let text = scrape(admin).await;
+    assert_eq!(row(&text, "held", "q/a"), Some(0.0), "{text}");
+    assert_eq!(row(&text, "deferred", "q/a"), Some(1.0), "{text}");
+    assert_eq!(row(&text, "ready", "q/b"), Some(2.0), "{text}");
+
+    // A third queue: the cap shows the two with the most ready events.
+    publish("q/c", 3).await;
+    let text = scrape(admin).await;
+    assert_eq!(row(&text, "ready", "q/c"), Some(3.0), "{text}");
+    assert_eq!(row(&text, "ready", "q/b"), Some(2.0), "{text}");
+    assert_eq!(row(&text, "ready", "q/a"), None, "left out: {text}");
+    assert_eq!(row(&text, "deferred", "q/a"), None, "left out: {text}");
+    assert_eq!(sample(&text, "ensync_queues_left_out"), 1.0, "{text}");
+    let rows = text
+        .lines()
+        .filter(|l| l.starts_with("ensync_queue_ready_events{"))
+        .count();
+    assert_eq!(rows, 2, "{text}");
+    drop(sub);
+}

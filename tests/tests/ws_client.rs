@@ -377,6 +377,33 @@ async fn refused_keys_and_unreachable_nodes_fail_promptly() {
     );
 }
 
+/// A node that is shutting down closes a WebSocket `CONN` instead of refusing it: our
+/// client sees a lost connection (retryable, it tried again) and never an invalid access
+/// key.
+#[tokio::test]
+async fn a_node_shutting_down_is_a_lost_connection_not_a_refused_key() {
+    let t = start(|_| {}).await;
+    t.node.service().close_now();
+    let engine = EnSyncWebSocketEngine::with_options(
+        &t.ws_url(),
+        options()
+            .reconnect_interval(Duration::from_millis(50))
+            .max_reconnect_attempts(2),
+    )
+    .unwrap();
+    let a = &t.dev.apps[0];
+    let err = tokio::time::timeout(
+        WAIT,
+        engine.create_client(&a.access_key, ClientOptions::default()),
+    )
+    .await
+    .expect("gives up in time")
+    .unwrap_err();
+    assert_eq!(err.kind(), ensync_tokio::ErrorKind::Connection, "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(!err.to_string().contains("invalid access key"), "{err}");
+}
+
 #[tokio::test]
 async fn wss_with_a_custom_ca_and_websocket_level_keepalive() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();

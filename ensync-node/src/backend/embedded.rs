@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Backend, BackendStats, Published, QueueKey};
+use super::{Backend, BackendStats, Published, QueueCounts, QueueKey};
 use crate::metrics::Metrics;
 use crate::service::{ServiceError, now_ms};
 use crate::store::{NewEvent, PendingEntry, Store, StoreError, StoredEvent, WriteOp, WriteOutcome};
@@ -60,6 +60,8 @@ struct Queue {
     ready: BTreeMap<u64, QueuedId>,
     /// Woken when events become ready (claimers wait on it).
     notify: Arc<Notify>,
+    /// How many of the deferred events (in [`State::deferred`]) are this queue's.
+    deferred: u64,
 }
 
 #[derive(Default)]
@@ -72,6 +74,14 @@ struct State {
 }
 
 impl State {
+    /// Adds a deferred event, due at `due_ms`.
+    fn defer(&mut self, key: QueueKey, block: u64, id: Arc<str>, due_ms: u64) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.queues.entry(key.clone()).or_default().deferred += 1;
+        self.deferred.insert((due_ms, seq), (key, block, id));
+    }
+
     /// Puts an event (back) into its queue and wakes its claimers.
     fn enqueue(&mut self, key: QueueKey, block: u64, id: &str) {
         let q = self.queues.entry(key).or_default();
@@ -147,12 +157,8 @@ impl EmbeddedBackend {
             }
             let Some(key) = last.clone() else { return };
             if entry.due_ms > now {
-                state.seq += 1;
-                let seq = state.seq;
                 let id = Arc::from(entry.id.as_str());
-                state
-                    .deferred
-                    .insert((entry.due_ms, seq), (key, entry.block, id));
+                state.defer(key, entry.block, id, entry.due_ms);
             } else {
                 let ready = &mut state.queues.entry(key).or_default().ready;
                 ready.insert(entry.block, QueuedId::new(&entry.id));
@@ -392,10 +398,7 @@ impl Backend for EmbeddedBackend {
             let existed = self.inner.settle(queue, id, block, op).await?;
             if existed {
                 let mut st = lock(&self.inner.state);
-                st.seq += 1;
-                let seq = st.seq;
-                st.deferred
-                    .insert((due_ms, seq), (queue.clone(), block, Arc::from(id)));
+                st.defer(queue.clone(), block, Arc::from(id), due_ms);
                 drop(st);
                 self.inner.timers.notify_one();
             }
@@ -464,6 +467,16 @@ impl Backend for EmbeddedBackend {
         }
     }
 
+    fn queue_counts(&self) -> Option<Vec<QueueCounts>> {
+        let st = lock(&self.inner.state);
+        Some(
+            st.queues
+                .iter()
+                .map(|(key, q)| QueueCounts::new(key.clone(), q.ready.len() as u64, q.deferred))
+                .collect(),
+        )
+    }
+
     fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             tokio::spawn(scheduler(Arc::downgrade(&self.inner))),
@@ -512,6 +525,9 @@ async fn scheduler(inner: Weak<Inner>) {
                     break;
                 }
                 let (key, block, id) = entry.remove();
+                if let Some(q) = st.queues.get_mut(&key) {
+                    q.deferred = q.deferred.saturating_sub(1);
+                }
                 st.enqueue(key, block, &id);
             }
             st.deferred

@@ -99,6 +99,29 @@ pub struct BackendStats {
     pub store_bytes: Option<u64>,
 }
 
+/// The counts of one queue at one moment ([`Backend::queue_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueCounts {
+    /// The queue.
+    pub key: QueueKey,
+    /// Its events ready for delivery.
+    pub ready: u64,
+    /// Its deferred events waiting for their time.
+    pub deferred: u64,
+}
+
+impl QueueCounts {
+    /// The counts of `key`.
+    pub fn new(key: QueueKey, ready: u64, deferred: u64) -> Self {
+        Self {
+            key,
+            ready,
+            deferred,
+        }
+    }
+}
+
 /// The node's own records (key, value), in key order: see [`Backend::records`].
 pub type Records = Vec<(String, Vec<u8>)>;
 
@@ -229,6 +252,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Current counts.
     fn stats(&self) -> BackendStats;
+
+    /// The counts of every queue the backend knows now, in no particular order, for the
+    /// per-queue gauges of `/metrics` (called at each scrape: no IO, no waiting).
+    /// The default: `None`, this backend does not count per queue (the node then shows
+    /// no per-queue gauges).
+    fn queue_counts(&self) -> Option<Vec<QueueCounts>> {
+        None
+    }
 
     /// Starts the backend's background work (defer timers, retention purge, keep-alive
     /// of held events) on the current tokio runtime. Called once, by

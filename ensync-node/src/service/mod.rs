@@ -241,6 +241,8 @@ struct Settings {
     max_metadata: usize,
     window: usize,
     retention_ms: u64,
+    /// Most queues shown by the per-queue gauges; 0: none.
+    metrics_queue_limit: usize,
 }
 
 pub(crate) struct Inner {
@@ -344,6 +346,7 @@ impl NodeService {
             max_metadata: config.max_metadata_bytes,
             window: config.max_in_flight,
             retention_ms: config.retention_secs.saturating_mul(1000),
+            metrics_queue_limit: config.metrics_queue_limit,
         };
         let inner = Arc::new(Inner {
             settings,
@@ -860,15 +863,69 @@ impl NodeService {
     pub fn metrics_text(&self) -> String {
         let stats = self.stats();
         let backend = self.inner.backend.stats();
-        self.inner.metrics.encode(crate::metrics::Snapshot {
-            sessions: stats.sessions as u64,
-            subscriptions: stats.subscriptions as u64,
-            in_flight: stats.in_flight as u64,
-            ready: stats.ready as u64,
-            deferred: stats.deferred as u64,
-            store_bytes: backend.store_bytes.unwrap_or(0),
-            commits: backend.commits,
-        })
+        self.inner.metrics.encode(
+            crate::metrics::Snapshot {
+                sessions: stats.sessions as u64,
+                subscriptions: stats.subscriptions as u64,
+                in_flight: stats.in_flight as u64,
+                ready: stats.ready as u64,
+                deferred: stats.deferred as u64,
+                store_bytes: backend.store_bytes.unwrap_or(0),
+                commits: backend.commits,
+            },
+            self.queue_report(),
+        )
+    }
+
+    /// The per-queue gauges now: the backend's ready and deferred counts per queue with
+    /// what this node's sessions hold of each, at most `metrics_queue_limit` queues.
+    /// `None` when the limit is 0 or the backend does not count per queue.
+    fn queue_report(&self) -> Option<crate::metrics::QueueReport> {
+        let limit = self.inner.settings.metrics_queue_limit;
+        if limit == 0 {
+            return None;
+        }
+        let counts = self.inner.backend.queue_counts()?;
+        let mut queues: HashMap<QueueKey, (u64, u64, u64)> = counts
+            .into_iter()
+            .map(|c| (c.key, (c.ready, 0, c.deferred)))
+            .collect();
+        {
+            let st = lock(&self.inner.state);
+            for f in st.in_flight.values() {
+                queues.entry(f.key.clone()).or_default().1 += 1;
+            }
+        }
+        let apps = read(&self.inner.apps);
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        for (_, a) in apps.apps() {
+            names.insert(&a.key_text, &a.name);
+            *uses.entry(&a.name).or_default() += 1;
+        }
+        let prefix = |key: &str| {
+            key.chars()
+                .take(crate::metrics::KEY_PREFIX_LEN)
+                .collect::<String>()
+        };
+        let rows = queues.into_iter().map(|(key, (ready, held, deferred))| {
+            let app = match names.get(&*key.recipient) {
+                // Two apps of one name: told apart by their keys.
+                Some(name) if uses.get(name).copied().unwrap_or(0) > 1 => {
+                    format!("{name} ({})", prefix(&key.recipient))
+                }
+                Some(name) => (*name).to_owned(),
+                None => prefix(&key.recipient),
+            };
+            crate::metrics::QueueRow {
+                app,
+                event: key.name.to_string(),
+                ready,
+                held,
+                deferred,
+            }
+        });
+        Some(crate::metrics::QueueReport::capped(rows, limit))
     }
 
     /// Counts the outcome of one operation: `ok` on success, a refusal by reason else.
