@@ -558,6 +558,20 @@ async fn ready_and_deferred_counts() {
     let text = svc.metrics_text();
     assert!(text.contains("ensync_ready_events 2"), "{text}");
     assert!(text.contains("ensync_deferred_events 1"), "{text}");
+    // The same per queue (recipient app2, event "c"): held here is this node's one.
+    let row = |gauge: &str| format!("{gauge}{{app=\"app2\",event=\"c\"}} ");
+    assert!(
+        text.contains(&(row("ensync_queue_ready_events") + "2")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&(row("ensync_queue_deferred_events") + "1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&(row("ensync_queue_held_events") + "1")),
+        "{text}"
+    );
     // Acked: gone from every count.
     svc.ack(&sid, &second.idem).await.unwrap();
     let third = next(&mut s).await;

@@ -39,6 +39,29 @@ pub(crate) fn subject(stream: &str, recipient: &str, name: &str) -> Option<Strin
     Some(s)
 }
 
+/// The queue (recipient key as standard base64, event name) of a subject made by
+/// [`subject`] for `stream`; `None` for any other subject.
+pub(crate) fn parse_subject(stream: &str, subject: &str) -> Option<(String, String)> {
+    let rest = subject.strip_prefix(stream)?.strip_prefix('.')?;
+    let (key, escaped) = rest.split_once('.')?;
+    if key.len() != 64 || escaped.contains('.') {
+        return None;
+    }
+    let key = hex::decode(key).ok()?;
+    let mut name = Vec::with_capacity(escaped.len());
+    let mut bytes = escaped.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = (bytes.next()? as char).to_digit(16)?;
+            let lo = (bytes.next()? as char).to_digit(16)?;
+            name.push((hi * 16 + lo) as u8);
+        } else {
+            name.push(b);
+        }
+    }
+    Some((STANDARD.encode(key), String::from_utf8(name).ok()?))
+}
+
 /// The durable consumer name of the queue with this subject.
 pub(crate) fn consumer_name(subject: &str) -> String {
     let digest = Sha256::digest(subject.as_bytes());
@@ -87,6 +110,23 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<(StoredEvent, u64), &'sta
 mod tests {
     use super::*;
 
+    #[test]
+    fn other_subjects_are_no_queue() {
+        let k = hex::encode([7u8; 32]);
+        for s in [
+            "OTHER.x.y".to_owned(),
+            format!("ENSYNC.{k}"),
+            format!("ENSYNC.{k}.a.b"),
+            format!("ENSYNC.{}.a", &k[..62]),
+            format!("ENSYNC.{k}.a%2"),
+            format!("ENSYNC.{k}.a%ZZ"),
+            format!("ENSYNC.{k}.%FF"),
+            format!("ENSYNCX.{k}.a"),
+        ] {
+            assert_eq!(parse_subject("ENSYNC", &s), None, "{s}");
+        }
+    }
+
     fn key() -> String {
         crate::keys::generate().public_key
     }
@@ -103,6 +143,11 @@ mod tests {
             .map(|n| subject("ENSYNC", &k, n).unwrap())
             .collect();
         for (n, s) in names.iter().zip(&subjects) {
+            assert_eq!(
+                parse_subject("ENSYNC", s),
+                Some((k.clone(), (*n).to_owned())),
+                "{s}"
+            );
             let tokens: Vec<&str> = s.split('.').collect();
             assert_eq!(tokens.len(), 3, "{n:?} -> {s}");
             assert_eq!(tokens[0], "ENSYNC");

@@ -48,7 +48,9 @@ use futures::stream::BoxStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::{Backend, BackendStats, Published, QueueKey, RecordChange, Records, Revision};
+use super::{
+    Backend, BackendStats, Published, QueueCounts, QueueKey, RecordChange, Records, Revision,
+};
 use crate::config::{ConfigError, NodeConfig};
 use crate::service::{ServiceError, now_ms};
 use crate::store::{NewEvent, StoredEvent};
@@ -166,6 +168,8 @@ struct Inner {
     /// Not yet delivered and handed out (or deferred) events summed over every queue's
     /// consumer, as [`counter`] last read them; `None` when that failed.
     counted: Mutex<Option<(u64, u64)>>,
+    /// The same per queue: (queue, not yet delivered, handed out or deferred).
+    counted_queues: Mutex<Option<Vec<(QueueKey, u64, u64)>>>,
 }
 
 /// The JetStream [`Backend`]. See the [module docs](self).
@@ -285,6 +289,7 @@ impl JetStreamBackend {
                 records,
                 ready: Mutex::new(None),
                 counted: Mutex::new(None),
+                counted_queues: Mutex::new(None),
             }),
         })
     }
@@ -788,22 +793,33 @@ async fn counter(inner: Weak<Inner>) {
         let sum = async {
             let mut consumers = node.stream.consumers();
             let (mut pending, mut out) = (0u64, 0u64);
+            let mut queues = Vec::new();
             while let Some(info) = consumers.next().await {
                 let info = info.map_err(|e| e.to_string())?;
                 pending = pending.saturating_add(info.num_pending);
                 out = out.saturating_add(info.num_ack_pending as u64);
+                if let Some((recipient, name)) =
+                    codec::parse_subject(&node.stream_name, &info.config.filter_subject)
+                {
+                    queues.push((
+                        QueueKey::new(&recipient, &name),
+                        info.num_pending,
+                        info.num_ack_pending as u64,
+                    ));
+                }
             }
-            Ok::<_, String>((pending, out))
+            Ok::<_, String>(((pending, out), queues))
         };
-        let counted = match tokio::time::timeout(ATTEMPT, sum).await {
-            Ok(Ok(c)) => Some(c),
+        let (counted, queues) = match tokio::time::timeout(ATTEMPT, sum).await {
+            Ok(Ok((c, q))) => (Some(c), Some(q)),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "JetStream: cannot count the queues' events");
-                None
+                (None, None)
             }
-            Err(_) => None,
+            Err(_) => (None, None),
         };
         *lock(&node.counted) = counted;
+        *lock(&node.counted_queues) = queues;
     }
 }
 
@@ -1025,6 +1041,28 @@ impl Backend for JetStreamBackend {
             // The stream's bytes are on the servers, not here.
             store_bytes: None,
         }
+    }
+
+    /// Per queue as [`Backend::stats`] counts in total: approximate and deployment-wide,
+    /// from the last read of the queues' consumers (every 2 s): ready = not yet delivered
+    /// by the consumer; deferred = handed out without an ack less what this node holds
+    /// (so it includes what other nodes hold). Queues without a consumer (no session
+    /// subscribed yet) are not listed. `None` until the first read succeeds.
+    fn queue_counts(&self) -> Option<Vec<QueueCounts>> {
+        let counted = lock(&self.inner.counted_queues).clone()?;
+        let st = lock(&self.inner.state);
+        Some(
+            counted
+                .into_iter()
+                .map(|(key, pending, out)| {
+                    let here = st
+                        .queues
+                        .get(&key)
+                        .map_or(0, |s| (s.held.len() + s.buffer.len()) as u64);
+                    QueueCounts::new(key, pending, out.saturating_sub(here))
+                })
+                .collect(),
+        )
     }
 
     fn spawn_background(&self) -> Vec<JoinHandle<()>> {
