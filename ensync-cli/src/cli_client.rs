@@ -75,7 +75,8 @@ pub struct SubscribeArgs {
     /// The event name, e.g. `orders/status/updated`.
     #[arg(long, short = 'e')]
     event: String,
-    /// Stop after this many events.
+    /// Stop after this many events (acknowledged ones: an event whose ack is lost with
+    /// the connection is printed again when it comes back, and counted then).
     #[arg(long, short = 'n', value_name = "N")]
     count: Option<u64>,
     /// Stop after this many seconds (with `--count`: fail if fewer events arrived).
@@ -354,9 +355,20 @@ async fn run_subscribe(args: &SubscribeArgs) -> Result<(), Failure> {
             break Stop::StdoutClosed;
         }
         drop(out);
-        received += 1;
-        if !args.no_ack {
-            event.ack().await?;
+        if args.no_ack {
+            received += 1;
+            continue;
+        }
+        let idem = event.idem.clone();
+        match event.ack().await {
+            Ok(()) => received += 1,
+            // The connection went (the client reconnects, possibly to another node):
+            // the event is not acknowledged and comes again, so it is not counted yet;
+            // its line will be printed once more (at-least-once).
+            Err(e) if e.is_retryable() => eprintln!(
+                "ensync: the ack of {idem} did not reach the node ({e}); it will be delivered again"
+            ),
+            Err(e) => return Err(e.into()),
         }
     };
     let result = match stop {
