@@ -108,7 +108,10 @@ impl Event {
         })
     }
 
-    /// Acknowledges the event: the node will not deliver it again.
+    /// Acknowledges the event: the node will not deliver it again. If this fails (for
+    /// instance because the connection was lost and the node now serving the client
+    /// does not hold the event), the node delivers it again later and the subscription
+    /// hands it over again.
     pub async fn ack(mut self) -> Result<()> {
         let handle = self.take_handle()?;
         let op = Op::Ack {

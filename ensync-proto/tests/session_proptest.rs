@@ -4,7 +4,7 @@
 //!
 //! Invariants (the `Pair` checks 1, 3, 4 and 5a online, panicking on a violation):
 //! 1. no event is handed to the application twice unless its handler failed (or the
-//!    application deferred it);
+//!    application deferred it, or its own ack of it failed);
 //! 2. the node never receives two acks of one event from one session (client id), and
 //!    once the faults heal, every event whose handler finished OK on a live auto-ack
 //!    subscription ends up acked on the node;

@@ -1110,6 +1110,110 @@ fn event_handled_ok_while_disconnected_is_acked_silently_when_redelivered() {
     pair.check_acks_once();
 }
 
+/// A manual ack that fails (here: it times out while the connection is down) leaves the
+/// event unhandled: the node's redelivery on the next connection is handed over again,
+/// and acking that one settles it. (Dropping it would leave it in flight on the node
+/// for as long as the session lives, while the application, told that its ack failed,
+/// never sees the event again. Found by the multi-node crash test, whose subscribers'
+/// acks went to the surviving node, which refused them: it did not hold those events
+/// until their `ack_wait` ran out.)
+#[test]
+fn a_manual_ack_that_failed_lets_the_redelivery_through() {
+    let mut pair = Pair::connected(config().request_timeout(2 * S));
+    pair.handler_mode = HandlerMode::Manual;
+    subscribe(&mut pair, "a", false);
+    let idem = pair.node.inject("a", &json!({"n": 1}));
+    pair.run_idle();
+    let token = *pair.running.keys().next().unwrap();
+    pair.fail_connects = 1;
+    pair.drop_connection();
+    let ack = pair.ack("a", &idem, 1).unwrap();
+    pair.finish(token, HandlerOutcome::Ok);
+    pair.advance(3 * S);
+    assert!(!pair.session.is_connected());
+    assert_eq!(
+        pair.result(ack),
+        Some(&Err(SessionError::Timeout { published: vec![] }))
+    );
+    pair.advance(30 * S);
+    assert!(pair.session.is_connected());
+    assert_eq!(pair.deliveries().len(), 2, "handed over again");
+    let token = *pair.running.keys().next().unwrap();
+    let ack = pair.ack("a", &idem, 1).unwrap();
+    pair.finish(token, HandlerOutcome::Ok);
+    pair.run_idle();
+    assert_eq!(pair.result(ack), Some(&Ok(OpOutcome::Acked)));
+    assert_eq!(pair.node.event(&idem).unwrap().state, EvState::Acked);
+}
+
+/// A redelivery that arrives while the application's ack of the event awaits its answer
+/// waits for it: dropped when the ack succeeds, handed over when it fails (here: the
+/// node never answers, so the ack times out).
+#[test]
+fn a_redelivery_during_a_pending_manual_ack_waits_for_its_answer() {
+    for answered in [true, false] {
+        let mut pair = Pair::connected(config().request_timeout(10 * S));
+        pair.handler_mode = HandlerMode::Manual;
+        subscribe(&mut pair, "a", false);
+        let idem = pair.node.inject("a", &json!({"n": 1}));
+        pair.run_idle();
+        let token = *pair.running.keys().next().unwrap();
+        if answered {
+            pair.latency = S;
+        } else {
+            pair.node.swallow.insert(RequestKind::Ack);
+        }
+        let ack = pair.ack("a", &idem, 1).unwrap();
+        pair.finish(token, HandlerOutcome::Ok);
+        assert!(pair.result(ack).is_none());
+        // The node delivers it again meanwhile (as after a give-back racing the ack).
+        let item = wire::EventStreamResponse {
+            event_idem: idem.clone(),
+            event_name: "a".into(),
+            payload: envelope::encrypt_single(
+                b"{\"n\":1}",
+                app_secret().public_key(),
+                &mut rand_core::OsRng,
+            ),
+            partition_block: 1,
+            ..Default::default()
+        };
+        let call = stream_of(&pair, "a");
+        pair.session.handle_input(
+            Input::StreamItem {
+                call,
+                logged_at: None,
+                event: item,
+            },
+            pair.now,
+        );
+        pair.run_idle();
+        assert_eq!(
+            pair.deliveries().len(),
+            1,
+            "held back while the ack is open"
+        );
+        pair.advance(11 * S);
+        if answered {
+            assert_eq!(pair.result(ack), Some(&Ok(OpOutcome::Acked)));
+            assert_eq!(pair.deliveries().len(), 1, "the ack covered the redelivery");
+        } else {
+            assert_eq!(
+                pair.result(ack),
+                Some(&Err(SessionError::Timeout { published: vec![] }))
+            );
+            assert_eq!(pair.deliveries().len(), 2, "handed over after the failure");
+            pair.node.swallow.clear();
+            let token = *pair.running.keys().next().unwrap();
+            let ack = pair.ack("a", &idem, 1).unwrap();
+            pair.finish(token, HandlerOutcome::Ok);
+            pair.run_idle();
+            assert_eq!(pair.result(ack), Some(&Ok(OpOutcome::Acked)));
+        }
+        assert_eq!(pair.node.event(&idem).unwrap().state, EvState::Acked);
+    }
+}
+
 #[test]
 fn failed_handler_is_not_acked_and_the_event_comes_back_soon() {
     let mut pair = Pair::connected(config());

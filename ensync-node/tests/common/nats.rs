@@ -255,6 +255,176 @@ impl NatsCluster {
         None
     }
 
+    /// `GET path` on the monitoring port of every running server, as JSON: (server
+    /// index, body) for each that answered.
+    async fn jsz_all(&self, path: &str) -> Vec<(usize, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.child.is_none() {
+                continue;
+            }
+            if let Some((200, body)) = http_get(s.http_port, path).await {
+                if let Ok(v) = serde_json::from_str(&body) {
+                    out.push((i, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// The index of the server leading stream `stream`, as a running server sees it
+    /// (`/jsz?streams=true`: `account_details[].stream_detail[].cluster.leader`).
+    pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
+        for (_, v) in self.jsz_all("/jsz?accounts=true&streams=true").await {
+            let Some(accounts) = v["account_details"].as_array() else {
+                continue;
+            };
+            for st in accounts
+                .iter()
+                .filter_map(|a| a["stream_detail"].as_array())
+                .flatten()
+            {
+                if st["name"].as_str() != Some(stream) {
+                    continue;
+                }
+                let leader = st["cluster"]["leader"].as_str().unwrap_or_default();
+                if let Some(i) = leader.strip_prefix('n').and_then(|n| n.parse().ok()) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every consumer of stream `stream` as its leader sees it (`/jsz?consumers=true`):
+    /// (name, leader's server index, `num_pending`, `num_ack_pending`), sorted by name. A
+    /// consumer whose leader does not answer is missing.
+    pub async fn consumers(&self, stream: &str) -> Vec<(String, usize, u64, u64)> {
+        let mut out = Vec::new();
+        for (i, v) in self
+            .jsz_all("/jsz?accounts=true&streams=true&consumers=true")
+            .await
+        {
+            let me = format!("n{i}");
+            let Some(accounts) = v["account_details"].as_array() else {
+                continue;
+            };
+            for st in accounts
+                .iter()
+                .filter_map(|a| a["stream_detail"].as_array())
+                .flatten()
+                .filter(|st| st["name"].as_str() == Some(stream))
+            {
+                for c in st["consumer_detail"].as_array().into_iter().flatten() {
+                    if c["cluster"]["leader"].as_str() != Some(me.as_str()) {
+                        continue;
+                    }
+                    out.push((
+                        c["name"].as_str().unwrap_or_default().to_owned(),
+                        i,
+                        c["num_pending"].as_u64().unwrap_or(u64::MAX),
+                        c["num_ack_pending"].as_u64().unwrap_or(u64::MAX),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// One JetStream API request (`$JS.API.<api>`, JSON body) through a running server,
+    /// in the plain NATS protocol: the JSON answer, or why there is none (5 s at most).
+    pub async fn js_api(&self, api: &str, body: &str) -> Result<serde_json::Value, String> {
+        use tokio::io::AsyncBufReadExt as _;
+        let port = self
+            .servers
+            .iter()
+            .find(|s| s.child.is_some())
+            .ok_or("no server running")?
+            .client_port;
+        let exchange = async {
+            let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (r, mut w) = s.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            let req = format!(
+                "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":false}}\r\n\
+                 SUB _INBOX.harness 1\r\nPUB $JS.API.{api} _INBOX.harness {}\r\n{body}\r\n",
+                body.len()
+            );
+            w.write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed".to_owned());
+                }
+                if line.starts_with("PING") {
+                    w.write_all(b"PONG\r\n").await.map_err(|e| e.to_string())?;
+                }
+                if line.starts_with("-ERR") {
+                    return Err(line.trim().to_owned());
+                }
+                if let Some(rest) = line.strip_prefix("MSG ") {
+                    let len: usize = rest
+                        .split_whitespace()
+                        .last()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or("bad MSG line")?;
+                    let mut payload = vec![0; len + 2];
+                    r.read_exact(&mut payload)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    payload.truncate(len);
+                    return serde_json::from_slice(&payload).map_err(|e| e.to_string());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| "no answer in 5 s".to_owned())?
+    }
+
+    /// Moves the leadership of consumer `consumer` of `stream` to server `to` (a
+    /// stepdown with that server preferred) and waits until `/jsz` shows it there (at
+    /// most 15 s, a few tries).
+    pub async fn move_consumer_leader(
+        &self,
+        stream: &str,
+        consumer: &str,
+        to: usize,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let now = self.consumers(stream).await;
+            if now.iter().any(|c| c.0 == consumer && c.1 == to) {
+                return Ok(());
+            }
+            let body = format!("{{\"placement\":{{\"preferred\":\"n{to}\"}}}}");
+            match self
+                .js_api(
+                    &format!("CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"),
+                    &body,
+                )
+                .await
+            {
+                Ok(v) if v["success"].as_bool() == Some(true) => {}
+                Ok(v) => last = v.to_string(),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(format!(
+            "consumer {consumer} not led by n{to} after 15 s: {last} {:?}",
+            self.consumers(stream).await
+        ))
+    }
+
     /// The client URLs of every server (`nats://127.0.0.1:port`).
     pub fn urls(&self) -> Vec<String> {
         self.servers

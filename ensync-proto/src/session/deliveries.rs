@@ -4,7 +4,10 @@
 use super::*;
 
 impl Session {
-    /// Acknowledges an event (manual ack).
+    /// Acknowledges an event (manual ack). If the ack fails (refused, timed out, or
+    /// lost with the connection), the event counts as not handled: a redelivery of it is
+    /// handed over again, also one that arrived while the answer was awaited
+    /// ([`Session::discard`] likewise).
     pub fn ack(
         &mut self,
         event_name: &str,
@@ -192,11 +195,36 @@ impl Session {
         let key = (event_name.to_owned(), idem.to_owned());
         if forget {
             self.dedup.remove(&key);
-        } else if self.is_connected() {
-            let epoch = self.epoch;
+        } else {
+            let epoch = self.is_connected().then_some(self.epoch);
             if let Some(e) = self.dedup.get_mut(&key) {
-                e.acked_epoch = Some(epoch);
+                e.settling = true;
+                if epoch.is_some() {
+                    e.acked_epoch = epoch;
+                }
             }
+        }
+    }
+
+    /// The node answered an ack or discard the application asked for. A failure (the
+    /// node refused it, or the connection was lost on the way) leaves the event
+    /// unhandled: the duplicate filter forgets it, so the node's redelivery is handed
+    /// over again, also one that arrived while the answer was awaited. On success such a
+    /// redelivery is dropped (the settlement covered it).
+    pub(super) fn app_settle_answered(&mut self, event_name: &str, idem: &str, ok: bool) {
+        let key = (event_name.to_owned(), idem.to_owned());
+        let Some(entry) = self.dedup.get_mut(&key) else {
+            return;
+        };
+        entry.settling = false;
+        let parked = entry.parked.take();
+        if ok {
+            return;
+        }
+        self.dedup.remove(&key);
+        if let Some(p) = parked {
+            let now = self.now;
+            self.handle_item(p.event, p.timestamp, now);
         }
     }
 
@@ -237,6 +265,12 @@ impl Session {
             if let Some(entry) = self.dedup.get_mut(&key) {
                 entry.seen_epoch = self.epoch;
                 entry.block = event.partition_block;
+                // The application's ack or discard of it awaits its answer: decided
+                // then (handed over again if it fails).
+                if entry.settling {
+                    entry.parked = Some(Box::new(Parked { event, timestamp }));
+                    return;
+                }
                 // At most one ack per event per connection: a second delivery of it in
                 // this connection (a defer racing a redelivery) is not acked again.
                 if entry.done_ok && eligible && entry.acked_epoch != Some(self.epoch) {
@@ -279,6 +313,8 @@ impl Session {
                     seen_epoch: self.epoch,
                     block: event.partition_block,
                     acked_epoch: None,
+                    settling: false,
+                    parked: None,
                     seq: 0,
                 },
             );
@@ -337,7 +373,17 @@ pub(super) struct DedupEntry {
     pub(super) block: i64,
     /// The connection epoch in which the session last acknowledged it.
     pub(super) acked_epoch: Option<u64>,
+    /// The application asked to ack or discard it and has no answer yet.
+    pub(super) settling: bool,
+    /// A redelivery that arrived meanwhile: handed over if that ack or discard fails.
+    pub(super) parked: Option<Box<Parked>>,
     pub(super) seq: u64,
+}
+
+/// A delivery held back while the application's settlement of its event is answered.
+pub(super) struct Parked {
+    event: wire::EventStreamResponse,
+    timestamp: Option<i64>,
 }
 
 /// Events handed to the application, bounded: the oldest are forgotten first.

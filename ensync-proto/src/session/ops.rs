@@ -268,7 +268,16 @@ impl Session {
         match op.internal {
             None => {
                 self.app_ops = self.app_ops.saturating_sub(1);
+                let settled = match op.parts.first().map(|p| &p.request) {
+                    Some(Request::Ack(r)) => Some((r.event_name.clone(), r.event_idem.clone())),
+                    Some(Request::Discard(r)) => Some((r.event_name.clone(), r.event_idem.clone())),
+                    _ => None,
+                };
+                let ok = result.is_ok();
                 self.complete(op_id, result);
+                if let Some((name, idem)) = settled {
+                    self.app_settle_answered(&name, &idem, ok);
+                }
             }
             Some(info) => {
                 if let Err(error) = result {

@@ -3,7 +3,8 @@
 //!
 //! The pair checks invariants as it runs (it panics on a violation):
 //! - every op id gets at most one `Completed`, and only ops the test issued;
-//! - no event is handed to the application twice unless its handler failed;
+//! - no event is handed to the application twice unless its handler failed (or the
+//!   application's ack of it failed);
 //! - the node never sees two acks of one event from one session (client id);
 //! - every successful (re)connect re-subscribes every live subscription with the new
 //!   client id before anything else goes out after `Connect`;
@@ -571,6 +572,8 @@ pub struct Pair {
     handed: HashMap<(String, String), u32>,
     failed_handlers: HashMap<(String, String), u32>,
     app_acks: HashMap<(String, String), u32>,
+    /// The application's acks not answered yet: op -> (name, idem).
+    app_ack_ops: HashMap<OpId, (String, String)>,
     /// Deliveries handed over and not finished: token -> (name, idem, block, auto_ack).
     pub running: BTreeMap<DeliveryToken, (String, String, i64, bool)>,
     /// Events whose handler finished OK on an auto-ack subscription.
@@ -620,6 +623,7 @@ impl Pair {
             handed: HashMap::new(),
             failed_handlers: HashMap::new(),
             app_acks: HashMap::new(),
+            app_ack_ops: HashMap::new(),
             running: BTreeMap::new(),
             finished_ok_auto: BTreeSet::new(),
             last_attempt: 0,
@@ -785,6 +789,13 @@ impl Pair {
                     self.completed.insert(*op, result.clone()).is_none(),
                     "op {op:?} completed twice"
                 );
+                // An ack of the application's that failed leaves the event unhandled:
+                // the node's redelivery is handed over again.
+                if let Some(key) = self.app_ack_ops.remove(op) {
+                    if result.is_err() {
+                        *self.failed_handlers.entry(key).or_insert(0) += 1;
+                    }
+                }
             }
             SessionEvent::State(ConnectionState::Reconnecting { attempt, delay }) => {
                 assert!(
@@ -844,11 +855,13 @@ impl Pair {
     /// The application acks an event itself (counted apart from the session's own acks).
     pub fn ack(&mut self, name: &str, idem: &str, block: i64) -> Result<OpId, SessionError> {
         let r = self.session.ack(name, idem, block, self.now);
-        if r.is_ok() {
+        if let Ok(op) = r {
             *self
                 .app_acks
                 .entry((name.to_owned(), idem.to_owned()))
                 .or_insert(0) += 1;
+            self.app_ack_ops
+                .insert(op, (name.to_owned(), idem.to_owned()));
         }
         self.track_result(r)
     }

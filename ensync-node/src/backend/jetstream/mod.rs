@@ -65,7 +65,14 @@ const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// Most events one fetch asks for.
 const MAX_PULL: usize = 64;
 /// How long one fetch waits on the server for events.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// A fetch the server has not ended this long after [`PULL_EXPIRES`] is taken as lost
+/// and made again. The consumer's leader holds the fetch: when that server dies (or the
+/// leadership moves), nobody answers it, and async-nats itself gives up only 5 s after
+/// the expiry, so the queue stood still for 7-10 s after its leader was killed.
+const PULL_GRACE: Duration = Duration::from_secs(1);
+/// Longest pause between fetch attempts while they fail (no leader yet, no responders).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Publishes waiting for the stream's ack at a time (async-nats stalls when thousands of
 /// acks wait unread).
 const PUBLISH_SLOTS: usize = 512;
@@ -694,7 +701,7 @@ async fn puller(inner: Weak<Inner>, key: QueueKey) {
                     tracing::warn!(subject, error = %e, "JetStream: cannot set up the queue's consumer; retrying");
                     drop(node);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             },
@@ -713,20 +720,31 @@ async fn puller(inner: Weak<Inner>, key: QueueKey) {
                 // The consumer may be gone (deleted by an operator): set it up again.
                 consumer = None;
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         let mut failed = false;
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => {
+        let answer_by = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+        loop {
+            match tokio::time::timeout_at(answer_by, batch.next()).await {
+                Ok(Some(Ok(m))) => {
                     let Some(node) = inner.upgrade() else { return };
                     node.arrived(&key, m);
                 }
-                Err(e) => {
+                Ok(Some(Err(e))) => {
                     tracing::debug!(subject, error = %e, "JetStream: fetch ended with an error");
                     failed = true;
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // Whatever the server sends for this fetch from now on is redelivered
+                    // after ack_wait.
+                    tracing::debug!(
+                        subject,
+                        "JetStream: fetch not answered in time; fetching again"
+                    );
                     break;
                 }
             }
@@ -736,7 +754,7 @@ async fn puller(inner: Weak<Inner>, key: QueueKey) {
             // set the consumer up again (idempotent when it exists).
             consumer = None;
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         } else {
             backoff = Duration::from_millis(100);
         }
