@@ -78,6 +78,7 @@ id=$(sed -n 's/^  "id": "\(.*\)",$/\1/p' "$dir/created.json")
 key=$(sed -n 's/^  "accessKey": "\(.*\)",$/\1/p' "$dir/created.json")
 secret=$(sed -n 's/^ *"private_key": "\(.*\)"$/\1/p' "$dir/created.json")
 check "the Go CLI created the key" test -n "$id" -a -n "$key" -a -n "$secret"
+curl -fs "$base/metrics" >"$dir/created"
 
 step ensync-go access-key --access-key '$ADMIN_KEY' list --name billing
 go_cli list --name billing >"$dir/list.json"
@@ -124,7 +125,7 @@ fi
 
 curl -fs "$base/metrics" >"$dir/after"
 printf '\n%-72s %8s %8s %8s\n' "/metrics" before mid after
-for m in ensync_connects_total ensync_publishes_total ensync_deliveries_total ensync_acks_total \
+for m in ensync_apps ensync_connects_total ensync_publishes_total ensync_deliveries_total ensync_acks_total \
   'ensync_refused_requests_total{op="publish",reason="forbidden"}' \
   'ensync_refused_requests_total{op="connect",reason="invalid_access_key"}' \
   ensync_sessions ensync_store_commits; do
@@ -132,6 +133,8 @@ for m in ensync_connects_total ensync_publishes_total ensync_deliveries_total en
   printf '%-72s %8s %8s %8s\n' "$m" "$(metric "$re" "$dir/before")" "$(metric "$re" "$dir/mid")" \
     "$(metric "$re" "$dir/after")"
 done
+check "ensync_apps 1 -> 2 -> 1" test "$(metric ensync_apps "$dir/before")/$(metric ensync_apps \
+  "$dir/created")/$(metric ensync_apps "$dir/after")" = 1/2/1
 check "publishes 0 -> 1" test "$(metric ensync_publishes_total "$dir/after")" = 1
 check "one forbidden publish counted" \
   test "$(metric 'ensync_refused_requests_total\{op="publish",reason="forbidden"\}' "$dir/after")" = 1
