@@ -198,6 +198,7 @@ pub struct Metrics {
     pub subscribes: Counter,
     /// Refused requests by operation and reason.
     pub refused: Family<Refusal, Counter>,
+    apps: Gauge,
     sessions: Gauge,
     subscriptions: Gauge,
     in_flight: Gauge,
@@ -234,6 +235,7 @@ impl Default for Metrics {
             connects: Counter::default(),
             subscribes: Counter::default(),
             refused: Family::default(),
+            apps: Gauge::default(),
             sessions: Gauge::default(),
             subscriptions: Gauge::default(),
             in_flight: Gauge::default(),
@@ -270,6 +272,11 @@ impl Default for Metrics {
             "refused_requests",
             "Requests refused, by operation and reason",
             m.refused.clone(),
+        );
+        r.register(
+            "apps",
+            "Apps the node accepts: the config file's and the admin API's",
+            m.apps.clone(),
         );
         r.register("sessions", "Live sessions", m.sessions.clone());
         r.register(
@@ -322,6 +329,8 @@ impl Default for Metrics {
 /// The gauges' values at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot {
+    /// Apps (access keys) the node accepts.
+    pub apps: u64,
     /// Live sessions.
     pub sessions: u64,
     /// Open subscriptions.
@@ -351,6 +360,7 @@ impl Metrics {
         let set = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
+        set(&self.apps, now.apps);
         set(&self.sessions, now.sessions);
         set(&self.subscriptions, now.subscriptions);
         set(&self.in_flight, now.in_flight);
@@ -381,6 +391,7 @@ mod tests {
         m.commit_batch.observe(3.0);
         let text = m.encode(
             Snapshot {
+                apps: 2,
                 sessions: 4,
                 ready: 7,
                 ..Snapshot::default()
@@ -392,6 +403,7 @@ mod tests {
             text.contains(r#"ensync_refused_requests_total{op="publish",reason="forbidden"} 1"#),
             "{text}"
         );
+        assert!(text.contains("ensync_apps 2"), "{text}");
         assert!(text.contains("ensync_sessions 4"), "{text}");
         assert!(text.contains("ensync_ready_events 7"), "{text}");
         assert!(

@@ -683,6 +683,87 @@ async fn metrics_move_when_events_flow() {
     drop(sub);
 }
 
+/// Issue 16's round, as the published Go CLI drives it: `ensync_apps` counts the key
+/// created through the API and drops when it is deleted; its refused publish (outside its
+/// permissions) and the refused connect after the delete are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_key_from_creation_to_deletion() {
+    let node = admin_node().await;
+    let admin = node.admin_addr().unwrap();
+    let before = scrape(admin).await;
+    assert_eq!(
+        sample(&before, "ensync_apps"),
+        1.0,
+        "the bootstrap app: {before}"
+    );
+
+    let (status, key) = api(
+        admin,
+        "POST",
+        "/access-key".into(),
+        Some(json!({"type": "SERVICE", "name": "billing",
+                    "permissions": {"send": ["orders/*"], "receive": ["billing/*"]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let id = key["id"].as_str().unwrap().to_owned();
+    let access = key["accessKey"].as_str().unwrap().to_owned();
+    let secret = key["service_key_pair"]["private_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = scrape(admin).await;
+    assert_eq!(sample(&created, "ensync_apps"), 2.0, "{created}");
+
+    let bootstrap = node.client(0, fast_options()).await;
+    let to = bootstrap.public_key().to_owned();
+    let billing = connect(&node.url(), &access, &secret)
+        .await
+        .expect("connects");
+    billing
+        .publish(
+            "orders/created",
+            &[to.as_str()],
+            &json!({"order_id": "A-17"}),
+        )
+        .await
+        .expect("within its permissions");
+    let refused = billing
+        .publish("payments/refunded", &[to.as_str()], &json!({}))
+        .await;
+    assert!(refused.is_err(), "outside its permissions");
+
+    assert_eq!(
+        api(admin, "DELETE", format!("/access-key/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        connect(&node.url(), &access, &secret).await.err(),
+        Some(ErrorKind::Auth)
+    );
+    let after = scrape(admin).await;
+    let d = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(sample(&after, "ensync_apps"), 1.0, "{after}");
+    assert_eq!(d("ensync_publishes_total"), 1.0, "{after}");
+    assert_eq!(
+        d("ensync_connects_total"),
+        2.0,
+        "billing and bootstrap: {after}"
+    );
+    assert_eq!(
+        d("ensync_refused_requests_total{op=\"publish\",reason=\"forbidden\"}"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        d("ensync_refused_requests_total{op=\"connect\",reason=\"invalid_access_key\"}"),
+        1.0,
+        "{after}"
+    );
+}
+
 /// Issue 16: the per-queue gauges (ready, held, deferred per recipient app and event
 /// name) follow publishes, deliveries, acks and defers; past `metrics_queue_limit` only
 /// the queues with the most ready events are shown and `ensync_queues_left_out` counts

@@ -863,8 +863,10 @@ impl NodeService {
     pub fn metrics_text(&self) -> String {
         let stats = self.stats();
         let backend = self.inner.backend.stats();
+        let apps = read(&self.inner.apps).apps().count();
         self.inner.metrics.encode(
             crate::metrics::Snapshot {
+                apps: apps as u64,
                 sessions: stats.sessions as u64,
                 subscriptions: stats.subscriptions as u64,
                 in_flight: stats.in_flight as u64,
