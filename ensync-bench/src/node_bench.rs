@@ -66,7 +66,9 @@ pub fn run(args: &NodeArgs) -> Result<(), BoxError> {
         sections.push(runtime.block_on(throughput(args))?);
     }
     if !args.only_throughput {
-        sections.push(runtime.block_on(backlog(args))?);
+        let (memory, space) = runtime.block_on(backlog(args))?;
+        sections.push(memory);
+        sections.push(space);
     }
     crate::report::finish(&sections, args.json.as_deref())
 }
@@ -308,7 +310,8 @@ fn commit_figures(stats: &FinalStats, secs: f64) -> (String, String) {
 }
 
 /// Peak RSS of the node while a backlog is queued, and its restart with that backlog.
-async fn backlog(args: &NodeArgs) -> Result<Section, BoxError> {
+/// Also returns where the store's bytes go.
+async fn backlog(args: &NodeArgs) -> Result<(Section, Section), BoxError> {
     let n = if args.quick {
         args.backlog.min(20_000)
     } else {
@@ -350,6 +353,7 @@ async fn backlog(args: &NodeArgs) -> Result<Section, BoxError> {
     let rss_end = node.rss_kib().unwrap_or(0);
     let stats = node.stop()?;
     let disk = dir_size(bench.setup.data_dir());
+    let (space, used) = store_space(bench.setup.data_dir(), n)?;
 
     eprintln!("backlog: restarting the node on the backlog");
     let t0 = Instant::now();
@@ -392,9 +396,15 @@ async fn backlog(args: &NodeArgs) -> Result<Section, BoxError> {
         stats.ready.to_string(),
     ]);
     section.row(vec![
-        "on-disk size".into(),
+        "on-disk size (file lengths)".into(),
         format!("{:.1} MiB", disk as f64 / (1024.0 * 1024.0)),
     ]);
+    if let Some(used) = used {
+        section.row(vec![
+            "on-disk size (allocated blocks)".into(),
+            format!("{:.1} MiB", used as f64 / (1024.0 * 1024.0)),
+        ]);
+    }
     section.row(vec![
         "restart: time to ready (loading the queue)".into(),
         format!("{:.2} s", startup.as_secs_f64()),
@@ -412,7 +422,62 @@ async fn backlog(args: &NodeArgs) -> Result<Section, BoxError> {
          never subscribes; the node runs in its own process; RSS from /proc/PID/status.",
         args.backlog_concurrency, args.connections
     ));
-    Ok(section)
+    Ok((section, space))
+}
+
+/// Where the store's bytes go after the backlog (the node stopped): redb's counts per
+/// table, per event. Returns the table and the store file's allocated bytes.
+fn store_space(dir: &Path, events: u64) -> Result<(Section, Option<u64>), BoxError> {
+    let store = ensync_node::store::RedbStore::open_with_cache(dir, 32 << 20)?;
+    let space = store.space()?;
+    drop(store);
+    let per = |bytes: u64| format!("{:.0}", bytes as f64 / events.max(1) as f64);
+    let page = space.page_size;
+    let mut section = Section::new(
+        format!("Store file after {events} queued 1 KB events: bytes per event"),
+        &[
+            "table",
+            "entries",
+            "stored",
+            "pages (leaf + branch)",
+            "unused in its pages",
+        ],
+    );
+    let mut in_tables = 0;
+    for t in &space.tables {
+        let pages = t.leaf_pages + t.branch_pages;
+        in_tables += pages;
+        section.row(vec![
+            t.name.into(),
+            t.entries.to_string(),
+            per(t.stored_bytes),
+            per(pages * page),
+            per(t.fragmented_bytes),
+        ]);
+    }
+    section.row(vec![
+        "pages in use, all (tables + redb's own + freed, not yet reusable)".into(),
+        String::new(),
+        String::new(),
+        per(space.allocated_pages * page),
+        per(space.allocated_pages.saturating_sub(in_tables) * page),
+    ]);
+    section.row(vec![
+        "file length / allocated on disk".into(),
+        String::new(),
+        String::new(),
+        format!(
+            "{} / {}",
+            per(space.file_bytes),
+            space.disk_bytes.map_or("-".into(), per)
+        ),
+        String::new(),
+    ]);
+    section.notes.push(format!(
+        "redb's own counts (`RedbStore::space`), divided by the {events} events; pages are \
+         {page} bytes; \"unused\" is the part of the table's pages holding nothing."
+    ));
+    Ok((section, space.disk_bytes))
 }
 
 fn dir_size(dir: &Path) -> u64 {
