@@ -53,7 +53,7 @@ fn e2e_quick_run_delivers_every_event_on_every_rust_adapter() {
 fn node_quick_run_keeps_the_whole_backlog_across_a_restart() {
     let (_, doc) = run_bench(&["node", "--quick"]);
     let sections: Vec<serde_json::Value> = serde_json::from_value(doc).unwrap();
-    assert_eq!(sections.len(), 2, "{sections:#?}");
+    assert_eq!(sections.len(), 3, "{sections:#?}");
     let rows = |i: usize| -> Vec<Vec<String>> {
         serde_json::from_value(sections[i]["rows"].clone()).unwrap()
     };
@@ -75,4 +75,10 @@ fn node_quick_run_keeps_the_whole_backlog_across_a_restart() {
         .map(|r| r[1].as_str())
         .collect();
     assert_eq!(queued, ["20000", "20000"], "{backlog:?}");
+    // Where the store's bytes go: the events table holds every queued event.
+    let space = rows(2);
+    assert!(
+        space.iter().any(|r| r[0] == "events" && r[1] == "20000"),
+        "{space:?}"
+    );
 }
