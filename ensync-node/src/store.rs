@@ -917,24 +917,7 @@ fn put_packed(buf: &mut Vec<u8>, s: &str) {
 /// length-prefixed strings (the id is not in it: the store keys records by id,
 /// JetStream derives it from the sequence).
 pub(crate) fn encode_record(ev: &NewEvent, header: u64) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(
-        48 + ev.recipient.len()
-            + ev.name.len()
-            + ev.sender.len()
-            + ev.payload.len()
-            + ev.metadata.len()
-            + ev.payload_metadata.as_ref().map_or(0, String::len),
-    );
-    buf.push(RECORD_V1);
-    buf.extend_from_slice(&header.to_le_bytes());
-    buf.extend_from_slice(&ev.published_ms.to_le_bytes());
-    put_str(&mut buf, &ev.recipient);
-    put_str(&mut buf, &ev.name);
-    put_str(&mut buf, &ev.sender);
-    put_str(&mut buf, &ev.payload);
-    put_str(&mut buf, &ev.metadata);
-    put_payload_metadata(&mut buf, ev);
-    buf
+    encode_with(ev, header, false)
 }
 
 /// The record of an event as the store keeps it: [`encode_record`]'s layout with
@@ -943,6 +926,16 @@ pub(crate) fn encode_record(ev: &NewEvent, header: u64) -> Vec<u8> {
 /// the bytes it encodes (tag 1; the text is rebuilt exactly by encoding them). A 1 KB
 /// payload takes 768 bytes instead of 1 024, a public key 32 instead of 44.
 pub(crate) fn encode_packed_record(ev: &NewEvent, header: u64) -> Vec<u8> {
+    encode_with(ev, header, true)
+}
+
+/// One layout for both versions: `packed` picks version 2 and its packed fields.
+fn encode_with(ev: &NewEvent, header: u64, packed: bool) -> Vec<u8> {
+    let (version, put_key_or_payload): (u8, fn(&mut Vec<u8>, &str)) = if packed {
+        (RECORD_V2, put_packed)
+    } else {
+        (RECORD_V1, put_str)
+    };
     let mut buf = Vec::with_capacity(
         48 + ev.recipient.len()
             + ev.name.len()
@@ -951,13 +944,13 @@ pub(crate) fn encode_packed_record(ev: &NewEvent, header: u64) -> Vec<u8> {
             + ev.metadata.len()
             + ev.payload_metadata.as_ref().map_or(0, String::len),
     );
-    buf.push(RECORD_V2);
+    buf.push(version);
     buf.extend_from_slice(&header.to_le_bytes());
     buf.extend_from_slice(&ev.published_ms.to_le_bytes());
-    put_packed(&mut buf, &ev.recipient);
+    put_key_or_payload(&mut buf, &ev.recipient);
     put_str(&mut buf, &ev.name);
-    put_packed(&mut buf, &ev.sender);
-    put_packed(&mut buf, &ev.payload);
+    put_key_or_payload(&mut buf, &ev.sender);
+    put_key_or_payload(&mut buf, &ev.payload);
     put_str(&mut buf, &ev.metadata);
     put_payload_metadata(&mut buf, ev);
     buf
