@@ -22,6 +22,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, as the `ensync` binary uses: the node under test (`serve-node`) runs as this
+/// binary, so it is measured as operators run it. The Rust clients measured in this
+/// process use it too, as an application may choose; the SDK crates set no allocator
+/// (BENCHMARKS.md gives the client numbers with both).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// End-to-end and node benchmarks of EnSync for Rust.
 #[derive(Parser, Debug)]
 #[command(name = "ensync-bench", version, about)]

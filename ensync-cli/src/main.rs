@@ -12,6 +12,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ensync_node::{Node, NodeConfig, NodeError};
 
+/// mimalloc instead of the system allocator: the node allocates and frees small buffers
+/// for every call, frame and record, and glibc's malloc (with its per-thread arenas
+/// growing and shrinking by syscalls) was ~8 % of its CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ensync",

@@ -68,6 +68,9 @@ pub enum StoreKind {
     Jetstream,
 }
 
+/// The longest [`NodeConfig::settle_delay_us`] accepted: 100 ms.
+pub const MAX_SETTLE_DELAY_US: u64 = 100_000;
+
 /// The whole node configuration.
 ///
 /// Read from TOML with [`NodeConfig::from_toml_str`] / [`NodeConfig::from_file`], or
@@ -137,6 +140,12 @@ pub struct NodeConfig {
     /// equally durable, far fewer writes per second under concurrency; kept to measure
     /// the difference. Either way a publish is answered only once its commit is on disk.
     pub group_commit: bool,
+    /// With group commit: how long (microseconds) a commit of settlements only (acks,
+    /// discards, defers) waits for a publish to share it; it commits as soon as one
+    /// arrives. Default 1000. At a steady rate each ack then rides on the next publish's
+    /// `fsync` instead of taking one of its own that the next publish would wait behind;
+    /// settlements are still answered only once committed. 0: commit them at once.
+    pub settle_delay_us: u64,
     /// Size of the store's page cache in bytes (read and write cache together). The
     /// queued events live on disk; this bounds how much of the file is kept in memory.
     /// Larger helps replay and delivery of old backlogs at the price of resident memory.
@@ -253,6 +262,7 @@ impl Default for NodeConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             retention_secs: DEFAULT_RETENTION_SECS,
             group_commit: true,
+            settle_delay_us: 1000,
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -490,6 +500,14 @@ impl NodeConfig {
         if self.retention_secs == 0 {
             return Err(field_err("retention_secs", "must be greater than 0"));
         }
+        if self.settle_delay_us > MAX_SETTLE_DELAY_US {
+            return Err(field_err(
+                "settle_delay_us",
+                format!(
+                    "must be at most {MAX_SETTLE_DELAY_US} (microseconds: acks wait this long at most for a publish to commit with)"
+                ),
+            ));
+        }
         for (field, value) in [
             ("max_connections", self.max_connections as u64),
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
@@ -688,6 +706,11 @@ mod tests {
         let back = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
         assert!(!back.group_commit);
         assert_eq!(back.store_cache_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.settle_delay_us, 1000);
+        let c = NodeConfig::from_toml_str("settle_delay_us = 0").unwrap();
+        assert_eq!(c.settle_delay_us, 0);
+        let err = NodeConfig::from_toml_str("settle_delay_us = 100001").unwrap_err();
+        assert!(err.to_string().contains("settle_delay_us"), "{err}");
         let err = NodeConfig::from_toml_str("store_cache_bytes = 1000").unwrap_err();
         assert!(err.to_string().contains("store_cache_bytes"), "{err}");
     }

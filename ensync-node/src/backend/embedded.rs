@@ -134,14 +134,18 @@ impl EmbeddedBackend {
         group_commit: bool,
         retention_ms: u64,
     ) -> Result<Self, crate::NodeError> {
-        Self::open_with_metrics(store, group_commit, retention_ms, None)
+        Self::open_with_metrics(store, group_commit, retention_ms, Duration::ZERO, None)
     }
 
     /// [`EmbeddedBackend::open`], recording each commit's time and size in `metrics`.
+    /// With group commit, a batch that holds only settlements (acks, discards, defers)
+    /// waits up to `settle_delay` for a publish to commit with, so one `fsync` carries
+    /// both (see [`NodeConfig::settle_delay_us`](crate::NodeConfig::settle_delay_us)).
     pub fn open_with_metrics(
         store: Arc<dyn Store>,
         group_commit: bool,
         retention_ms: u64,
+        settle_delay: Duration,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, crate::NodeError> {
         let mut state = State::default();
@@ -180,7 +184,7 @@ impl EmbeddedBackend {
         let max_batch = if group_commit { MAX_BATCH } else { 1 };
         let handle = std::thread::Builder::new()
             .name("ensync-writer".into())
-            .spawn(move || writer_loop(rx, store, weak, max_batch, metrics))
+            .spawn(move || writer_loop(rx, store, weak, max_batch, settle_delay, metrics))
             .map_err(|e| crate::NodeError::Io(e.to_string()))?;
         *lock(&inner.writer_thread) = Some(handle);
         Ok(Self { inner })
@@ -561,25 +565,89 @@ async fn purger(inner: Weak<Inner>) {
     }
 }
 
+/// Whether a write only settles an event already stored (ack, discard, defer): such a
+/// batch may wait a little for a publish to share its commit.
+fn settles(op: &WriteOp) -> bool {
+    matches!(op, WriteOp::Remove { .. } | WriteOp::SetDue { .. })
+}
+
+/// Moves every write already waiting into `batch`, up to `max_batch`.
+fn drain(rx: &mut mpsc::Receiver<WriteReq>, batch: &mut Vec<WriteReq>, max_batch: usize) {
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The group-commit writer: commits everything waiting (up to `max_batch` writes) in one
 /// transaction, enqueues the new events in block order, then answers each request.
 /// `max_batch = 1` is one commit per write (`group_commit = false`).
+///
+/// A batch of settlements only (acks, discards, defers) waits up to `settle_delay` for a
+/// publish, and commits as soon as one arrives: at a steady rate each event's ack then
+/// shares the next publish's `fsync` instead of taking one of its own, so a publish
+/// rarely waits behind a commit of acks (the latency tail) and the disk does half the
+/// flushes. The settlements are still answered only once committed.
 fn writer_loop(
     mut rx: mpsc::Receiver<WriteReq>,
     store: Arc<dyn Store>,
     inner: Weak<Inner>,
     max_batch: usize,
+    settle_delay: Duration,
     metrics: Option<Arc<Metrics>>,
 ) {
+    // The wait for a publish needs a timer: a runtime of this thread's own (nothing else
+    // runs on it; the commit blocks it, as the thread is there for).
+    let timer = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "no timer for the writer: settlements commit at once");
+            None
+        }
+    };
+    let settle_delay = if max_batch > 1 && timer.is_some() {
+        settle_delay
+    } else {
+        Duration::ZERO
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        drain(&mut rx, &mut batch, max_batch);
+        if let Some(rt) = timer.as_ref().filter(|_| !settle_delay.is_zero()) {
+            if batch.iter().all(|r| settles(&r.op)) {
+                let deadline = tokio::time::Instant::now() + settle_delay;
+                rt.block_on(async {
+                    while batch.len() < max_batch {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(r)) => {
+                                let from = batch.len();
+                                batch.push(r);
+                                drain(&mut rx, &mut batch, max_batch);
+                                if batch[from..].iter().any(|r| !settles(&r.op)) {
+                                    break;
+                                }
+                            }
+                            // Closed (shutting down: commit what is here) or waited enough.
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                });
             }
         }
-        let ops: Vec<WriteOp> = batch.iter().map(|r| r.op.clone()).collect();
+        // The ops move into the commit (a publish's op holds its whole payload: no copy).
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut batch: Vec<_> = batch
+            .into_iter()
+            .map(|r| {
+                ops.push(r.op);
+                (r.enqueue, r.reply)
+            })
+            .collect();
         let t0 = Instant::now();
         let res = store.commit(&ops);
         let elapsed = t0.elapsed();
@@ -595,23 +663,23 @@ fn writer_loop(
                     node.committed_ops
                         .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
                     let mut st = lock(&node.state);
-                    for (req, out) in batch.iter_mut().zip(&outcomes) {
+                    for ((enqueue, _), out) in batch.iter_mut().zip(&outcomes) {
                         if let (Some((key, id)), WriteOutcome::Published { block }) =
-                            (req.enqueue.take(), out)
+                            (enqueue.take(), out)
                         {
                             st.enqueue(key, *block, &id);
                         }
                     }
                 }
-                for (req, out) in batch.into_iter().zip(outcomes) {
-                    let _ = req.reply.send(Ok(out));
+                for ((_, reply), out) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(out));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, ops = batch.len(), "commit failed");
                 let err = ServiceError::from(e);
-                for req in batch {
-                    let _ = req.reply.send(Err(err.clone()));
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
@@ -621,6 +689,86 @@ fn writer_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(n: u64) -> NewEvent {
+        NewEvent {
+            id: crate::service::event_id(),
+            recipient: "recipient-key".into(),
+            name: "orders/created".into(),
+            sender: "sender-key".into(),
+            payload: format!("payload {n}"),
+            metadata: "{}".into(),
+            payload_metadata: None,
+            published_ms: now_ms(),
+        }
+    }
+
+    async fn claim_one(backend: &EmbeddedBackend, key: &QueueKey) -> StoredEvent {
+        let mut taken = backend.claim(key, 1).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        taken.remove(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_ack_waits_for_a_publish_to_share_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+        let delay = Duration::from_millis(600);
+        let backend = EmbeddedBackend::open_with_metrics(store, true, 60_000, delay, None).unwrap();
+        let key = QueueKey::new("recipient-key", "orders/created");
+
+        backend.publish(event(1)).await.unwrap();
+        let first = claim_one(&backend, &key).await;
+        let commits = backend.stats().commits;
+        // The ack waits; a publish arriving meanwhile commits with it, at once.
+        let started = Instant::now();
+        let (acked, published) =
+            tokio::join!(backend.ack(&key, &first.event.id, first.block), async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                backend.publish(event(2)).await
+            });
+        assert!(acked.unwrap(), "the held event was acknowledged");
+        published.unwrap();
+        assert_eq!(
+            backend.stats().commits,
+            commits + 1,
+            "one commit for the ack and the publish"
+        );
+        assert!(
+            started.elapsed() < delay,
+            "the publish ended the wait: {:?}",
+            started.elapsed()
+        );
+
+        // With no publish coming, the ack commits alone once the delay is over.
+        let second = claim_one(&backend, &key).await;
+        let started = Instant::now();
+        assert!(
+            backend
+                .ack(&key, &second.event.id, second.block)
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= delay, "waited {:?}", started.elapsed());
+        assert_eq!(backend.stats().commits, commits + 2);
+        // Acknowledged: neither event is delivered again.
+        assert_eq!(backend.stats().ready, Some(0));
+
+        // No delay: a lone ack commits at once.
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+        let backend = EmbeddedBackend::open(store, true, 60_000).unwrap();
+        backend.publish(event(3)).await.unwrap();
+        let third = claim_one(&backend, &key).await;
+        let started = Instant::now();
+        assert!(
+            backend
+                .ack(&key, &third.event.id, third.block)
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() < delay, "waited {:?}", started.elapsed());
+    }
 
     #[test]
     fn queued_ids_give_back_the_same_text() {
